@@ -1,0 +1,32 @@
+"""rsscgeo: remote sensing scene classification at scale.
+
+Train scene classifiers following Risojević & Stojnić (2021) and use them through a
+self-describing model file (:func:`load_model`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from rsscgeo.errors import RsscgeoError
+    from rsscgeo.modelfile import LoadedModel, ModelCard, load_model, save_model
+
+# Public names and their modules; imported on first use so `rsscgeo --help` stays fast.
+_EXPORTS = {
+    "RsscgeoError": "rsscgeo.errors",
+    "LoadedModel": "rsscgeo.modelfile",
+    "ModelCard": "rsscgeo.modelfile",
+    "load_model": "rsscgeo.modelfile",
+    "save_model": "rsscgeo.modelfile",
+}
+__all__ = ["LoadedModel", "ModelCard", "RsscgeoError", "__version__", "load_model", "save_model"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'rsscgeo' has no attribute {name!r}")

@@ -1,0 +1,65 @@
+"""``rsscgeo evaluate``: score a model file on a labelled dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from rsscgeo.cli.options import json_option, model_argument, workers_option
+
+
+@click.command()
+@model_argument
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option(
+    "--split",
+    "split_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Evaluate only the 'test' rows of this split CSV (written by `rsscgeo train`).",
+)
+@json_option
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@workers_option
+def evaluate(
+    model: Path,
+    dataset: Path,
+    split_file: Path | None,
+    json_path: Path | None,
+    batch_size: int,
+    workers: int,
+) -> None:
+    """Evaluate MODEL on DATASET (class folders, a CSV manifest or BigEarthNet patches).
+
+    Single-label: overall accuracy, per-class accuracy, confusion matrix.
+    Multi-label: micro-F1 and macro-F1 at the card's thresholds, and mAP.
+    """
+    from rsscgeo.data.catalog import open_catalog, read_manifest
+    from rsscgeo.data.splits import read_split
+    from rsscgeo.data.images import check_images
+    from rsscgeo.errors import DatasetError
+    from rsscgeo.modelfile import load_model
+    from rsscgeo.training.evaluate import evaluate_model, headline
+
+    loaded = load_model(model)
+    card = loaded.card
+    catalog = (
+        read_manifest(dataset, card.class_names) if dataset.is_file() else open_catalog(dataset)
+    )
+    if split_file is not None:
+        catalog = read_split(split_file, catalog, "test")
+    if list(catalog.classes) != card.class_names:
+        raise DatasetError(
+            f"{dataset} has classes {list(catalog.classes)[:3]}..., the model knows "
+            f"{card.class_names[:3]}...; evaluate on a dataset with the model's classes."
+        )
+    check_images([item.path for item in catalog.items])
+    metrics = evaluate_model(loaded, catalog, batch_size=batch_size, num_workers=workers)
+    metrics["model"] = str(model)
+    metrics["dataset"] = str(dataset)
+    if json_path is not None:
+        json_path.write_text(json.dumps(metrics, indent=2))
+    click.echo(f"{model.name}: {headline(metrics)}")
+    if json_path is not None:
+        click.echo(f"metrics written to {json_path}")

@@ -1,0 +1,1 @@
+"""Labelled tile datasets: catalogues, splits, image reading and transforms."""

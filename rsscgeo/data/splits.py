@@ -1,0 +1,96 @@
+"""Seeded stratified train/test splits, saved as CSV beside a run."""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from rsscgeo.data.catalog import LABEL_SEPARATOR, Catalog, Item
+from rsscgeo.errors import DatasetError
+
+SPLIT_NAMES = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Split:
+    """A catalogue divided into train and test items."""
+
+    train: Catalog
+    test: Catalog
+
+
+def stratified_split(catalog: Catalog, train_fraction: float, seed: int) -> Split:
+    """Split each class (multi-label: each item's rarest label) by ``train_fraction``.
+
+    Every stratum with at least two items contributes to both sides.
+
+    Raises:
+        DatasetError: If the fraction is not strictly between 0 and 1.
+    """
+    if not 0.0 < train_fraction < 1.0:
+        raise DatasetError(f"train fraction {train_fraction} must be between 0 and 1 (e.g. 0.8).")
+    counts: dict[int, int] = defaultdict(int)
+    for item in catalog.items:
+        for label in item.labels:
+            counts[label] += 1
+    strata: dict[int, list[Item]] = defaultdict(list)
+    for item in catalog.items:
+        strata[min(item.labels, key=lambda lab: (counts[lab], lab))].append(item)
+    rng = random.Random(seed)
+    train: set[Path] = set()
+    for key in sorted(strata):
+        members = sorted(strata[key], key=lambda i: str(i.path))
+        rng.shuffle(members)
+        n_train = round(len(members) * train_fraction)
+        if len(members) >= 2:
+            n_train = min(max(n_train, 1), len(members) - 1)
+        train.update(i.path for i in members[:n_train])
+    test = {i.path for i in catalog.items} - train
+    return Split(catalog.subset(train), catalog.subset(test))
+
+
+def write_split(path: Path, split: Split) -> None:
+    """Write ``path,labels,split`` rows, paths relative to the catalogue root."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "labels", "split"])
+        for name in SPLIT_NAMES:
+            part: Catalog = getattr(split, name)
+            for item in part.items:
+                rel = (
+                    item.path.relative_to(part.root)
+                    if item.path.is_relative_to(part.root)
+                    else item.path
+                )
+                writer.writerow(
+                    [rel.as_posix(), LABEL_SEPARATOR.join(part.label_names(item)), name]
+                )
+
+
+def read_split(path: Path, catalog: Catalog, which: str) -> Catalog:
+    """The items of ``catalog`` listed under split ``which`` in a split CSV.
+
+    Raises:
+        DatasetError: If the file is unreadable, or names images not in the catalogue.
+    """
+    if which not in SPLIT_NAMES:
+        raise DatasetError(f"split {which!r} is not one of {', '.join(SPLIT_NAMES)}.")
+    try:
+        with path.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("split") == which]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DatasetError(f"split file {path} is not readable ({err}).") from None
+    if not rows:
+        raise DatasetError(f"split file {path} has no '{which}' rows; pass a split CSV from a run.")
+    wanted = {(catalog.root / r["path"]).resolve() for r in rows}
+    known = {i.path.resolve(): i.path for i in catalog.items}
+    missing = wanted - known.keys()
+    if missing:
+        raise DatasetError(
+            f"split file {path} lists {len(missing)} images not in {catalog.root} "
+            f"(e.g. {sorted(missing)[0]}); pass the dataset the split was made from."
+        )
+    return catalog.subset({known[p] for p in wanted})

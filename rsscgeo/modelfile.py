@@ -1,0 +1,261 @@
+"""The self-describing model file: safetensors weights plus a JSON model card.
+
+The card travels inside the safetensors header metadata under ``rsscgeo.card``, so a
+model is a single file that never needs unpickling to load.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from rsscgeo.errors import ModelFileError
+
+CARD_KEY = "rsscgeo.card"
+CARD_VERSION = 1
+Task = Literal["multiclass", "multilabel"]
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTOCOL_OPCODE = 0x80
+
+
+class ClassInfo(BaseModel):
+    """One class (or label) the model predicts, with the colour used on maps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    color: str = Field(pattern=r"^#[0-9a-fA-F]{6}$")
+
+
+class Provenance(BaseModel):
+    """Where a model came from: data, split, protocol and the metrics it reached."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str
+    split_file: str | None = None
+    protocol: str
+    init: str
+    metrics: dict[str, float] = Field(default_factory=dict)
+    rsscgeo_version: str
+    created: str = Field(
+        default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    )
+    notes: str | None = None
+
+
+class ModelCard(BaseModel):
+    """Everything needed to use a model correctly on new imagery.
+
+    Pixel values are divided by ``input_scale`` (255 for 8-bit imagery) and then
+    normalised with ``mean``/``std`` per band before they reach the model.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    card_version: int = CARD_VERSION
+    architecture: str
+    task: Task
+    classes: list[ClassInfo] = Field(min_length=2)
+    bands: list[str] = Field(min_length=1)
+    mean: list[float]
+    std: list[float]
+    input_scale: float = 255.0
+    patch_size: int = Field(gt=0, description="Side of a training tile in source pixels.")
+    eval_resize: int = Field(gt=0, description="Tiles are resized to this side first...")
+    eval_crop: int | None = Field(default=None, gt=0, description="...then centre-cropped.")
+    gsd: float | None = Field(default=None, gt=0, description="Ground sample distance, m/px.")
+    gsd_note: str | None = None
+    thresholds: list[float] | None = None
+    provenance: Provenance
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in output order."""
+        return [c.name for c in self.classes]
+
+    @property
+    def input_size(self) -> int:
+        """Side of the image the network is fed."""
+        return self.eval_crop or self.eval_resize
+
+    @property
+    def num_classes(self) -> int:
+        """Number of model outputs."""
+        return len(self.classes)
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, std: list[float]) -> list[float]:
+        if any(s <= 0 for s in std):
+            raise ValueError("every std must be positive")
+        return std
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelCard:
+        if not len(self.mean) == len(self.std) == len(self.bands):
+            raise ValueError("bands, mean and std must have the same length")
+        if self.task == "multilabel":
+            if self.thresholds is None:
+                self.thresholds = [0.5] * self.num_classes
+            if len(self.thresholds) != self.num_classes:
+                raise ValueError("multilabel cards need one threshold per class")
+        names = self.class_names
+        if len(set(names)) != len(names):
+            raise ValueError("class names must be unique")
+        return self
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready for inference: an eval-mode network and its card."""
+
+    model: torch.nn.Module
+    card: ModelCard
+
+
+def save_model(
+    path: str | Path, model: torch.nn.Module, card: ModelCard, *, half: bool = False
+) -> Path:
+    """Write ``model`` and ``card`` to one safetensors file.
+
+    Args:
+        path: Destination file (``.safetensors``).
+        model: Network whose ``state_dict`` is saved.
+        card: The model card stored in the file's metadata.
+        half: Store floating-point weights as float16 (halves the size).
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        if half and tensor.is_floating_point():
+            tensor = tensor.half()
+        tensors[name] = tensor
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={CARD_KEY: card.model_dump_json()})
+    tmp.replace(path)
+    return path
+
+
+def refuse_pickle(path: Path) -> None:
+    """Raise if ``path`` holds a pickle (plain or inside a PyTorch zip archive).
+
+    Raises:
+        ModelFileError: If the file starts with a pickle or zip signature.
+    """
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head.startswith(_ZIP_MAGIC) or (head and head[0] == _PICKLE_PROTOCOL_OPCODE):
+        raise ModelFileError(
+            f"{path} is a PyTorch pickle checkpoint; rsscgeo never unpickles model files. "
+            "Use a .safetensors model written by `rsscgeo train`, or pass plain weights "
+            "as a training init (loaded with weights_only=True)."
+        )
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """Read only the card of a model file.
+
+    Raises:
+        ModelFileError: If the file is missing, not safetensors, or has no valid card.
+    """
+    path = _existing(path)
+    with _open_safetensors(path) as f:
+        metadata = f.metadata() or {}
+    return _parse_card(path, metadata)
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelCard]:
+    """Read the float32 weights and the card of a model file.
+
+    Raises:
+        ModelFileError: If the file is missing, not safetensors, or has no valid card.
+    """
+    path = _existing(path)
+    with _open_safetensors(path) as f:
+        card = _parse_card(path, f.metadata() or {})
+        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+    weights = {k: t.float() if t.is_floating_point() else t for k, t in tensors.items()}
+    return weights, card
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Load a model file into an eval-mode network that returns logits.
+
+    Args:
+        path: A ``.safetensors`` file written by rsscgeo.
+
+    Returns:
+        The network (eval mode; input: normalised float NxCxHxW) and its card.
+
+    Raises:
+        ModelFileError: If the file is missing, a pickle, corrupt, or does not match
+            its card's architecture.
+    """
+    from rsscgeo.backbones import create_network
+
+    weights, card = read_weights(path)
+    network = create_network(card.architecture, card.num_classes, len(card.bands))
+    try:
+        network.load_state_dict(weights)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise ModelFileError(
+            f"{path}: weights do not fit architecture {card.architecture!r} ({first}); "
+            "the file was edited or written by another tool; retrain or re-export it."
+        ) from None
+    network.eval()
+    return LoadedModel(model=network, card=card)
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist; check the path.")
+    refuse_pickle(path)
+    return path
+
+
+def _open_safetensors(path: Path) -> Any:  # safe_open's handle has no public type
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelFileError(
+            f"{path} is not a readable safetensors model file ({err}); "
+            "pass a model written by `rsscgeo train`."
+        ) from None
+
+
+def _parse_card(path: Path, metadata: dict[str, str]) -> ModelCard:
+    raw = metadata.get(CARD_KEY)
+    if raw is None:
+        raise ModelFileError(
+            f"{path} has no rsscgeo model card (metadata key {CARD_KEY!r}); "
+            "it is plain safetensors weights: use it as a training init instead."
+        )
+    try:
+        return ModelCard.model_validate(json.loads(raw))
+    except (json.JSONDecodeError, ValidationError) as err:
+        raise ModelFileError(f"{path}: invalid model card: {_first_error(err)}") from None
+
+
+def _first_error(err: Exception) -> str:
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "card"
+        more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        return f"{where}: {first['msg']}{more}"
+    return str(err)

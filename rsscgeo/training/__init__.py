@@ -1,0 +1,1 @@
+"""Training: the Lightning task, the paper's protocols, evaluation and figures."""

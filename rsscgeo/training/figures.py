@@ -1,0 +1,56 @@
+"""The PNG figures a run writes: confusion matrix and training curves."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # after choosing the headless backend
+import numpy as np
+
+
+def plot_confusion(path: Path, confusion: list[list[int]], classes: list[str]) -> None:
+    """Row-normalised confusion matrix (true class on rows)."""
+    matrix = np.asarray(confusion, dtype=float)
+    matrix = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = max(6.0, 0.3 * len(classes))
+    fig, ax = plt.subplots(figsize=(size, size), layout="constrained")
+    image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(image, ax=ax, shrink=0.6, label="fraction of true class")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(path: Path, metrics_csv: Path) -> None:
+    """Per-epoch training loss and every validation metric from Lightning's CSV log."""
+    with metrics_csv.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    # Lightning logs training loss per step and validation metrics per epoch.
+    values: dict[str, dict[int, list[float]]] = {}
+    for row in rows:
+        epoch = int(float(row.get("epoch") or 0))
+        for key, value in row.items():
+            if value and (key.startswith("val_") or key == "train_loss"):
+                values.setdefault(key, {}).setdefault(epoch, []).append(float(value))
+    series = {
+        k: {e: float(np.mean(v)) for e, v in per_epoch.items()} for k, per_epoch in values.items()
+    }
+    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    for key, points in sorted(series.items()):
+        ax = loss_ax if key.endswith("loss") else metric_ax
+        epochs = sorted(points)
+        ax.plot([e + 1 for e in epochs], [points[e] for e in epochs], marker="o", label=key)
+    for ax, title in ((loss_ax, "loss"), (metric_ax, "validation metrics")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

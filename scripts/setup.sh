@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Create .venv once and install rsscgeo with its offline ImageNet weights and dev tools.
+# Idempotent: a stamp holding the hash of the install inputs skips pip when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=.venv
+python=${PYTHON:-python3}
+stamp=$venv/.rsscgeo-installed
+inputs_hash=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "rsscgeo setup: creating $venv"
+    "$python" -m venv "$venv"
+fi
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$inputs_hash" ]; then
+    exit 0
+fi
+echo "rsscgeo setup: installing dependencies into $venv (first run takes a few minutes)"
+# This exact pair is the one that imports together here and that pip finds on local disk;
+# other machines may use any torch/torchvision pair that pyproject.toml allows.
+"$venv/bin/pip" install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+"$venv/bin/pip" install --quiet --disable-pip-version-check -e '.[offline,dev]'
+echo "$inputs_hash" > "$stamp"

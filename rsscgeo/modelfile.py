@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -146,6 +147,10 @@ def save_model(
         tensors[name] = tensor
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={CARD_KEY: card.model_dump_json()})
+    # safetensors creates files owner-only; give the model the usual umask permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o666 & ~umask)
     tmp.replace(path)
     return path
 

@@ -22,13 +22,15 @@ TINY = {
 }
 
 
-def write_config(path: Path, data: Path | str, protocol: str = "finetune", **sections: Any) -> Path:
-    """A tiny, fast training config for ``data`` (deep-merged ``sections``)."""
+def write_config(
+    path: Path, dataset: Path | str, protocol: str = "finetune", **sections: Any
+) -> Path:
+    """A tiny, fast training config for ``dataset`` (deep-merged ``sections``)."""
     config: dict[str, Any] = {
         "name": f"test-{protocol}",
         "protocol": protocol,
         "out_dir": str(path.parent / f"run-{protocol}"),
-        "data": {"path": str(data)},
+        "data": {"path": str(dataset)},
         **{k: dict(v) if isinstance(v, dict) else v for k, v in TINY.items()},
     }
     if protocol == "scratch":

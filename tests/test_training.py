@@ -104,10 +104,12 @@ def test_rerun_resumes_from_last_checkpoint(tmp_path: Path, aid_subset) -> None:
     out = tmp_path / "run-finetune"
     assert (out / "checkpoints" / "last.ckpt").is_file()
     train(load_config(path, ["optim.epochs=2"]))
-    log = (out / "logs" / "metrics.csv").read_text()
-    epochs = {line.split(",")[0] for line in log.splitlines()[1:]}
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
-    assert ckpt["epoch"] == 2, epochs  # second run trained only the one missing epoch
+    assert (ckpt["epoch"], ckpt["global_step"]) == (1, 4)  # 2 epochs of 2 batches in all
+    # The second fit logged only the missing epoch, beside the first fit's log.
+    second = (out / "logs" / "version_1" / "metrics.csv").read_text().splitlines()[1:]
+    assert {line.split(",")[0] for line in second} == {"1"}
+    assert (out / "logs" / "version_0" / "metrics.csv").is_file()
 
 
 def test_paper_configs_are_valid_and_follow_the_recipe() -> None:

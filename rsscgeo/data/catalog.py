@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -50,8 +51,13 @@ class Catalog:
         return Catalog(self.root, self.classes, self.task, items)
 
 
-def open_catalog(source: str | Path) -> Catalog:
+def open_catalog(source: str | Path, classes: Sequence[str] | None = None) -> Catalog:
     """Open a class-folder dataset, a CSV manifest or a BigEarthNet folder.
+
+    Args:
+        source: The dataset folder or manifest file.
+        classes: A fixed class list (e.g. a model's); labels outside it are errors.
+            By default the classes are the sorted names found in the dataset.
 
     Raises:
         DatasetError: If the source is missing, empty or malformed.
@@ -60,25 +66,29 @@ def open_catalog(source: str | Path) -> Catalog:
     if not source.exists():
         raise DatasetError(f"dataset {source} does not exist; check the path.")
     if source.is_file():
-        return read_manifest(source)
+        return read_manifest(source, classes)
     if any(source.glob("*/*_labels_metadata.json")):
-        return scan_bigearthnet(source)
-    return scan_class_folders(source)
+        return scan_bigearthnet(source, classes)
+    return scan_class_folders(source, classes)
 
 
-def scan_class_folders(root: Path) -> Catalog:
+def scan_class_folders(root: Path, classes: Sequence[str] | None = None) -> Catalog:
     """Read a dataset laid out as one folder of images per class (single-label).
 
     Raises:
-        DatasetError: If there are no class folders, or a class folder has no images.
+        DatasetError: If there are no class folders, a class folder has no images, or
+            a folder is not one of ``classes``.
     """
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DatasetError(
             f"{root} has no class folders; expected {root}/<class name>/<image files>."
         )
+    names = list(classes) if classes is not None else [f.name for f in folders]
+    index_of = _class_index(names, [f.name for f in folders], where=str(root))
     items: list[Item] = []
-    for index, folder in enumerate(folders):
+    for folder in folders:
+        index = index_of[folder.name]
         images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise DatasetError(
@@ -86,10 +96,10 @@ def scan_class_folders(root: Path) -> Catalog:
                 "add images or remove the folder."
             )
         items.extend(Item(path, (index,)) for path in images)
-    return Catalog(root, tuple(f.name for f in folders), "multiclass", tuple(items))
+    return Catalog(root, tuple(names), "multiclass", tuple(items))
 
 
-def read_manifest(path: Path, classes: list[str] | None = None) -> Catalog:
+def read_manifest(path: Path, classes: Sequence[str] | None = None) -> Catalog:
     """Read a ``path,labels`` CSV manifest (multi-label when any row has several labels).
 
     Args:
@@ -103,15 +113,10 @@ def read_manifest(path: Path, classes: list[str] | None = None) -> Catalog:
     rows = _manifest_rows(path)
     found = sorted({label for _, labels in rows for label in labels})
     names = list(classes) if classes is not None else found
-    index = {name: i for i, name in enumerate(names)}
+    index = _class_index(names, [], where=str(path))
     items = []
     for line, (rel, labels) in enumerate(rows, start=2):
-        unknown = [lab for lab in labels if lab not in index]
-        if unknown:
-            raise DatasetError(
-                f"{path}:{line}: unknown label {unknown[0]!r}; known labels: "
-                f"{', '.join(names[:8])}{'...' if len(names) > 8 else ''}."
-            )
+        _require_known(index, labels, where=f"{path}:{line}")
         image = (path.parent / rel).resolve() if not Path(rel).is_absolute() else Path(rel)
         if not image.exists():
             raise DatasetError(f"{path}:{line}: image {image} does not exist; fix the path.")
@@ -120,7 +125,7 @@ def read_manifest(path: Path, classes: list[str] | None = None) -> Catalog:
     return Catalog(path.parent, tuple(names), task, tuple(items))
 
 
-def scan_bigearthnet(root: Path) -> Catalog:
+def scan_bigearthnet(root: Path, classes: Sequence[str] | None = None) -> Catalog:
     """Read BigEarthNet patch folders and their CORINE multi-label annotations.
 
     Raises:
@@ -133,8 +138,10 @@ def scan_bigearthnet(root: Path) -> Catalog:
         except (OSError, ValueError, KeyError) as err:
             raise DatasetError(f"{meta}: cannot read labels ({err}); restore the file.") from None
         patches.append((meta.parent, labels))
-    names = sorted({label for _, labels in patches for label in labels})
-    index = {name: i for i, name in enumerate(names)}
+    names = (
+        list(classes) if classes is not None else sorted({lab for _, ls in patches for lab in ls})
+    )
+    index = _class_index(names, [lab for _, ls in patches for lab in ls], where=str(root))
     items = tuple(Item(p, tuple(sorted(index[lab] for lab in ls))) for p, ls in patches)
     return Catalog(root, tuple(names), "multilabel", items)
 
@@ -146,6 +153,21 @@ def write_manifest(path: Path, rows: list[tuple[str, list[str]]]) -> None:
         writer.writerow(["path", "labels"])
         for rel, labels in rows:
             writer.writerow([rel, LABEL_SEPARATOR.join(labels)])
+
+
+def _class_index(names: Sequence[str], labels: Sequence[str], where: str) -> dict[str, int]:
+    """Index of each class name; raise naming the first of ``labels`` that is not a class."""
+    index = {name: i for i, name in enumerate(names)}
+    _require_known(index, labels, where)
+    return index
+
+
+def _require_known(index: dict[str, int], labels: Sequence[str], where: str) -> None:
+    unknown = [label for label in labels if label not in index]
+    if unknown:
+        names = list(index)
+        shown = ", ".join(names[:8]) + ("..." if len(names) > 8 else "")
+        raise DatasetError(f"{where}: unknown label {unknown[0]!r}; known labels: {shown}.")
 
 
 def _manifest_rows(path: Path) -> list[tuple[str, list[str]]]:

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
-
 from tqdm.auto import tqdm
 
 from rsscgeo.errors import DatasetError

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torchvision.transforms import v2
+
+if TYPE_CHECKING:
+    from rsscgeo.modelfile import ModelCard
 
 
 class TransformConfig(BaseModel):
@@ -47,3 +51,9 @@ def build_transform(
         steps.append(v2.CenterCrop(config.crop))
     steps.append(v2.Normalize(mean, std))
     return v2.Compose(steps)
+
+
+def card_transform(card: ModelCard) -> v2.Compose:
+    """The eval transform a model card records: how its model saw held-out tiles."""
+    config = TransformConfig(resize=card.eval_resize, crop=card.eval_crop)
+    return build_transform(config, card.mean, card.std, train=False)

@@ -16,19 +16,13 @@ from tqdm.auto import tqdm
 
 from rsscgeo.data.catalog import Catalog
 from rsscgeo.data.dataset import TileDataset
-from rsscgeo.data.transforms import TransformConfig, build_transform
+from rsscgeo.data.transforms import card_transform
 from rsscgeo.modelfile import LoadedModel, ModelCard
 
 
 def card_dataset(card: ModelCard, catalog: Catalog) -> TileDataset:
     """The catalogue seen through a model card's eval transform and scaling."""
-    transform = build_transform(
-        TransformConfig(resize=card.eval_resize, crop=card.eval_crop),
-        card.mean,
-        card.std,
-        train=False,
-    )
-    return TileDataset(catalog, transform, card.input_scale, len(card.bands))
+    return TileDataset(catalog, card_transform(card), card.input_scale, len(card.bands))
 
 
 @torch.inference_mode()

@@ -28,10 +28,16 @@ def plot_confusion(path: Path, confusion: list[list[int]], classes: list[str]) -
     plt.close(fig)
 
 
-def plot_curves(path: Path, metrics_csv: Path) -> None:
-    """Per-epoch training loss and every validation metric from Lightning's CSV log."""
-    with metrics_csv.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+def plot_curves(path: Path, metrics_csvs: list[Path]) -> None:
+    """Per-epoch training loss and validation metrics from Lightning's CSV logs.
+
+    A resumed fit logs into a new file; an epoch logged by both an interrupted and the
+    resuming fit is averaged over both.
+    """
+    rows: list[dict[str, str]] = []
+    for metrics_csv in metrics_csvs:
+        with metrics_csv.open(newline="") as f:
+            rows.extend(csv.DictReader(f))
     # Lightning logs training loss per step and validation metrics per epoch.
     values: dict[str, dict[int, list[float]]] = {}
     for row in rows:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,9 +100,11 @@ def _run_stage(config: RunConfig, protocol: str, *, resume: bool) -> RunResult:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if catalog.task == "multiclass":
         plot_confusion(out / "confusion.png", metrics["confusion_matrix"], list(catalog.classes))
-    log_file = out / "logs" / "metrics.csv"
-    if log_file.exists():
-        plot_curves(out / "curves.png", log_file)
+    logs = sorted(
+        (out / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:])
+    )
+    if logs:
+        plot_curves(out / "curves.png", logs)
     return RunResult(out, model_path, metrics)
 
 
@@ -141,8 +144,11 @@ def _trainer(config: RunConfig) -> L.Trainer:
         limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches,
         num_sanity_val_steps=0,
-        logger=CSVLogger(config.out_dir, name="logs", version=""),
-        callbacks=[ModelCheckpoint(dirpath=config.out_dir / "checkpoints", save_last=True)],
+        logger=CSVLogger(config.out_dir, name="logs"),  # a version_N per (resumed) fit
+        # Only last.ckpt: the run's product is model.safetensors, checkpoints serve resuming.
+        callbacks=[
+            ModelCheckpoint(dirpath=config.out_dir / "checkpoints", save_last=True, save_top_k=0)
+        ],
         log_every_n_steps=10,
         enable_model_summary=False,
     )
@@ -151,9 +157,12 @@ def _trainer(config: RunConfig) -> L.Trainer:
 def _fit(
     config: RunConfig, task: SceneClassificationTask, train: Any, val: Any, *, resume: bool
 ) -> None:
-    last = config.out_dir / "checkpoints" / "last.ckpt"
+    checkpoints = config.out_dir / "checkpoints"
+    if not resume:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    last = checkpoints / "last.ckpt"
     # Resuming restores optimizer, scheduler and epoch; loaded without unpickling code.
-    ckpt = str(last) if resume and last.exists() else None
+    ckpt = str(last) if last.exists() else None
     batch = config.optim.batch_size
     workers = config.trainer.num_workers
     train_loader = DataLoader(

@@ -3,8 +3,8 @@
 .PHONY: setup demo test lint
 
 BIN := .venv/bin
-MODEL := examples/models/aid_efficientnet_lite0.safetensors
-SPLIT := examples/models/aid_efficientnet_lite0.split.csv
+MODEL := examples/models/aid_efficientnet_lite0/model.safetensors
+SPLIT := examples/models/aid_efficientnet_lite0/split.csv
 AID := ../shared/data/aid150
 
 setup:

@@ -16,7 +16,7 @@ import rsscgeo
 from rsscgeo.data.images import read_image
 from rsscgeo.data.transforms import card_transform
 
-MODEL = Path(__file__).parent / "models" / "aid_efficientnet_lite0.safetensors"
+MODEL = Path(__file__).parent / "models" / "aid_efficientnet_lite0" / "model.safetensors"
 AID = Path(__file__).resolve().parents[2] / "shared" / "data" / "aid150"
 
 

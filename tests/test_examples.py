@@ -18,8 +18,8 @@ from rsscgeo.training.evaluate import evaluate_model
 
 pytestmark = pytest.mark.real_data
 
-MODEL = REPO / "examples" / "models" / "aid_efficientnet_lite0.safetensors"
-SPLIT = REPO / "examples" / "models" / "aid_efficientnet_lite0.split.csv"
+MODEL = REPO / "examples" / "models" / "aid_efficientnet_lite0" / "model.safetensors"
+SPLIT = REPO / "examples" / "models" / "aid_efficientnet_lite0" / "split.csv"
 
 
 def test_bundled_model_card() -> None:

@@ -117,7 +117,8 @@ def _split(config: RunConfig, catalog: Catalog) -> Split:
     )
 
 
-def _task(config: RunConfig, catalog: Catalog, **extra: Any) -> SceneClassificationTask:
+def build_task(config: RunConfig, catalog: Catalog, **extra: Any) -> SceneClassificationTask:
+    """The Lightning task for ``config`` on ``catalog`` (``extra``: task arguments)."""
     optim = config.optim
     return SceneClassificationTask(
         architecture=config.model.architecture,
@@ -134,7 +135,8 @@ def _task(config: RunConfig, catalog: Catalog, **extra: Any) -> SceneClassificat
     )
 
 
-def _trainer(config: RunConfig) -> L.Trainer:
+def build_trainer(config: RunConfig) -> L.Trainer:
+    """The Lightning trainer a run uses: CSV logs and last.ckpt in ``out_dir``."""
     t = config.trainer
     return L.Trainer(
         max_epochs=config.optim.epochs,
@@ -177,7 +179,7 @@ def _fit(
         val, batch_size=batch, num_workers=workers, persistent_workers=workers > 0
     )
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    _trainer(config).fit(task, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
+    build_trainer(config).fit(task, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
 
 
 def _fit_network(
@@ -191,7 +193,7 @@ def _fit_network(
     test = TileDataset(
         split.test, build_transform(config.eval_transform, mean, std, train=False), scale, bands
     )
-    task = _task(config, catalog)
+    task = build_task(config, catalog)
     _fit(config, task, train, test, resume=resume)
     from rsscgeo.training.evaluate import predict
 
@@ -226,7 +228,7 @@ def _fit_linear(
     )
     train_x, train_y = features["train"]
     test_x, test_y = features["test"]
-    task = _task(config, catalog, head_in_features=train_x.shape[1])
+    task = build_task(config, catalog, head_in_features=train_x.shape[1])
     _fit(
         config,
         task,
@@ -285,4 +287,4 @@ def _tile_size(catalog: Catalog) -> int:
     return int(read_image(catalog.items[0].path).shape[-1])
 
 
-__all__ = ["MODEL_FILE", "RunResult", "train"]
+__all__ = ["MODEL_FILE", "RunResult", "build_task", "build_trainer", "train"]

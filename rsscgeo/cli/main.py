@@ -13,6 +13,7 @@ from rsscgeo.errors import RsscgeoError
 
 # command name → "module:attribute"; modules load only when their command runs.
 COMMANDS = {
+    "classify": "rsscgeo.cli.classify:classify",
     "train": "rsscgeo.cli.train:train",
     "evaluate": "rsscgeo.cli.evaluate:evaluate",
     "models": "rsscgeo.cli.models:models",

@@ -1,0 +1,1 @@
+"""Large-scene inference: patch grid, TorchGeo reading, Dask tasks, map writers."""

@@ -1,0 +1,237 @@
+"""``classify_scene``: large-scene classification from files to map outputs.
+
+The scene is read through TorchGeo in chunks of whole patches; each chunk is one Dask
+task (read, cut into patches, classify in batches) and returns only small per-patch
+arrays, which stream to the writers as tasks complete. Tasks run in waves so memory
+stays bounded by a few chunks, however large the scene.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from dask.base import compute
+from dask.delayed import delayed
+from tqdm.auto import tqdm
+
+from rsscgeo.errors import OutputExistsError, SceneError
+from rsscgeo.modelfile import LoadedModel
+from rsscgeo.scene.grid import Chunk, PatchGrid
+from rsscgeo.scene.inference import ChunkResult, Scaling, classify_chunk
+from rsscgeo.scene.reader import SceneInfo, SceneReader, inspect_scenes
+from rsscgeo.scene.writers import GeoPackageWriter, GeoTiffWriter
+
+# Chunks are about this many pixels on a side: large reads, a few hundred patches each.
+CHUNK_PIXELS = 2048
+# Scenes finer than the model's GSD by more than this factor are read decimated.
+GSD_TOLERANCE = 1.5
+
+
+@dataclass
+class ClassifySummary:
+    """What a run did, for the command's report."""
+
+    grid: PatchGrid
+    outputs: list[Path]
+    classified: int = 0
+    skipped: int = 0
+    per_class: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def classify_scene(
+    scenes: list[Path],
+    loaded: LoadedModel,
+    *,
+    gpkg: Path | None = None,
+    geotiff: Path | None = None,
+    patch_size: int | None = None,
+    stride: int | None = None,
+    bands: list[int] | None = None,
+    gsd: float | None = None,
+    min_valid: float = 0.5,
+    batch_size: int = 64,
+    workers: int | None = None,
+    probabilities: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    say: Callable[[str], None] = lambda _: None,
+) -> ClassifySummary:
+    """Classify ``scenes`` (one mosaic) patch by patch and write the requested outputs.
+
+    Raises:
+        SceneError: If the scene or the options do not fit the model.
+        OutputExistsError: If an output exists and ``overwrite`` is not set.
+    """
+    outputs = [p for p in (gpkg, geotiff) if p is not None]
+    if not outputs:
+        raise SceneError("no output requested; pass --out labels.gpkg and/or --out labels.tif.")
+    for path in outputs:
+        _check_output(path, overwrite)
+    card = loaded.card
+    info = inspect_scenes(scenes)
+    band_indexes = _band_indexes(info, bands, len(card.bands))
+    notes = [f"{p} is in another CRS and is reprojected to {info.crs}" for p in info.reprojected]
+    resolution, gsd_note = _reading_resolution(info, card.gsd, gsd)
+    notes.append(gsd_note)
+    reader = SceneReader(info.paths, tuple(band_indexes), resolution)
+    grid = reader.grid(patch_size or card.patch_size, stride or patch_size or card.patch_size)
+    scaling, scale_note = _scaling(reader, grid, info, card.input_scale, len(band_indexes))
+    notes.append(scale_note)
+    for note in notes:
+        say(note)
+
+    workers = workers or os.cpu_count() or 1
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    writers: list[GeoPackageWriter | GeoTiffWriter] = []
+    summary = ClassifySummary(grid, outputs, notes=notes)
+    start = time.perf_counter()
+    try:
+        if gpkg is not None:
+            writers.append(GeoPackageWriter(gpkg, grid, card))
+        if geotiff is not None:
+            writers.append(GeoTiffWriter(geotiff, grid, card, probabilities))
+        per_side = max(1, CHUNK_PIXELS // grid.stride)
+        chunks = list(grid.chunks(per_side))
+        bar = tqdm(
+            total=grid.rows * grid.cols, unit="patch", desc="classifying", disable=not progress
+        )
+        with bar:
+            for result in _run(
+                chunks, reader, grid, loaded, scaling, min_valid, batch_size, workers
+            ):
+                for writer in writers:
+                    writer.write(result)
+                _count(summary, result, card.class_names)
+                bar.update(result.chunk.nrows * result.chunk.ncols)
+        for writer in writers:
+            writer.finish()
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _run(
+    chunks: list[Chunk],
+    reader: SceneReader,
+    grid: PatchGrid,
+    loaded: LoadedModel,
+    scaling: Scaling,
+    min_valid: float,
+    batch_size: int,
+    workers: int,
+) -> Iterator[ChunkResult]:
+    """Chunk results in chunk order; ``workers`` Dask threads compute each wave."""
+
+    def task(chunk: Chunk) -> ChunkResult:
+        values, valid = reader.read(grid, chunk)
+        return classify_chunk(
+            loaded,
+            values,
+            valid,
+            grid,
+            chunk,
+            scaling=scaling,
+            min_valid=min_valid,
+            batch_size=batch_size,
+        )
+
+    wave = max(1, workers * 2)
+    for start in range(0, len(chunks), wave):
+        tasks = [delayed(task)(chunk) for chunk in chunks[start : start + wave]]
+        yield from compute(*tasks, scheduler="threads", num_workers=workers)  # type: ignore[no-untyped-call]
+
+
+def _count(summary: ClassifySummary, result: ChunkResult, names: list[str]) -> None:
+    probs = result.probabilities.reshape(-1, len(names))
+    done = ~np.isnan(probs[:, 0])
+    summary.classified += int(done.sum())
+    summary.skipped += int((~done).sum())
+    summary.per_class.update(names[i] for i in probs[done].argmax(axis=1))
+
+
+def _check_output(path: Path, overwrite: bool) -> None:
+    if path.suffix.lower() not in (".gpkg", ".tif", ".tiff"):
+        raise SceneError(f"output {path} must end in .gpkg (polygons) or .tif (raster).")
+    if not path.parent.is_dir():
+        raise SceneError(f"output folder {path.parent} does not exist; create it first.")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it.")
+
+
+def _band_indexes(info: SceneInfo, bands: list[int] | None, needed: int) -> list[int]:
+    chosen = bands or list(range(1, needed + 1))
+    if len(chosen) != needed:
+        raise SceneError(
+            f"the model needs {needed} bands, --bands gives {len(chosen)}; pass {needed} "
+            "band numbers, e.g. --bands 1,2,3."
+        )
+    if info.band_count < needed and bands is None:
+        raise SceneError(
+            f"{info.paths[0]} has {info.band_count} band(s), the model needs {needed}; "
+            "pass --bands to choose them or use a scene with the model's bands."
+        )
+    bad = [b for b in chosen if not 1 <= b <= info.band_count]
+    if bad:
+        raise SceneError(
+            f"--bands {bad[0]} does not exist in {info.paths[0]} (bands 1-{info.band_count})."
+        )
+    return chosen
+
+
+def _reading_resolution(
+    info: SceneInfo, card_gsd: float | None, gsd: float | None
+) -> tuple[tuple[float, float], str]:
+    resolution = info.resolution
+    native = max(resolution)
+    if gsd is not None:
+        return (gsd, gsd), f"reading at --gsd {gsd:g} (scene: {native:g} per pixel)"
+    if card_gsd is None or info.crs.is_geographic:
+        return resolution, f"reading at the scene's native resolution ({native:g} per pixel)"
+    if native * GSD_TOLERANCE < card_gsd:
+        return (card_gsd, card_gsd), (
+            f"scene is {native:g} m/px, finer than the model's {card_gsd:g} m/px: "
+            f"reading decimated to {card_gsd:g} m/px so patches cover the trained ground area"
+        )
+    if native > card_gsd * GSD_TOLERANCE:
+        return resolution, (
+            f"warning: scene is {native:g} m/px, coarser than the {card_gsd:g} m/px the model "
+            "was trained on; classifying at native resolution, expect lower accuracy"
+        )
+    return resolution, f"reading at the scene's native resolution ({native:g} m/px)"
+
+
+def _scaling(
+    reader: SceneReader, grid: PatchGrid, info: SceneInfo, input_scale: float, bands: int
+) -> tuple[Scaling, str]:
+    if info.dtype == "uint8":
+        return Scaling.divide_by(
+            input_scale, bands
+        ), f"8-bit scene: values divided by {input_scale:g}"
+    factor = _decimation(grid)
+    coarse_res = (reader.resolution[0] * factor, reader.resolution[1] * factor)
+    overview = SceneReader(reader.paths, reader.band_indexes, coarse_res)
+    coarse = overview.grid(1, 1)
+    values, valid = overview.read(coarse, Chunk(0, 0, 0, coarse.rows, coarse.cols))
+    scaling = Scaling.percentile_stretch(values, valid)
+    ranges = ", ".join(f"{lo:g}-{hi:g}" for lo, hi in zip(scaling.low, scaling.high, strict=True))
+    return (
+        scaling,
+        f"{info.dtype} scene: bands stretched from their 2-98th percentiles ({ranges}) to 0-1",
+    )
+
+
+def _decimation(grid: PatchGrid) -> float:
+    return max(1.0, math.ceil(max(grid.width, grid.height) / 1024))

@@ -1,0 +1,137 @@
+"""Opening scenes: checking the files, then reading chunks through TorchGeo.
+
+Several files form one mosaic in the first file's CRS (TorchGeo's RasterDataset warps
+the others). Each chunk is one read of the mosaic at the reading resolution, returned
+with a validity mask (nodata, masks and alpha bands respected).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import RasterioError
+
+from rsscgeo.errors import SceneError
+from rsscgeo.scene.grid import Chunk, PatchGrid
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What the scene files are, checked before any work starts."""
+
+    paths: tuple[Path, ...]
+    crs: CRS
+    resolution: tuple[float, float]
+    band_count: int
+    dtype: str
+    reprojected: tuple[Path, ...]
+
+
+def inspect_scenes(paths: list[Path]) -> SceneInfo:
+    """Check that every file is a georeferenced raster and describe the mosaic.
+
+    Raises:
+        SceneError: Naming the file and the fix.
+    """
+    if not paths:
+        raise SceneError("no scene given; pass one or more GeoTIFF files.")
+    first: dict[str, Any] = {}
+    reprojected = []
+    for path in paths:
+        if not path.is_file():
+            raise SceneError(f"scene {path} does not exist; check the path.")
+        try:
+            with rasterio.open(path) as src:
+                crs, transform = src.crs, src.transform
+                meta = {"crs": crs, "res": src.res, "count": src.count, "dtype": src.dtypes[0]}
+                if src.width == 0 or src.height == 0:
+                    raise SceneError(f"{path} has no pixels; pass a non-empty raster.")
+                src.read(1, window=((0, 1), (0, 1)))  # truncated files fail here, not later
+        except RasterioError as err:
+            raise SceneError(
+                f"{path} is not a readable raster ({_first_line(err)}); pass a GeoTIFF."
+            ) from None
+        if crs is None:
+            raise SceneError(
+                f"{path} has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:XXXX {path.name})."
+            )
+        if transform.b != 0 or transform.d != 0:
+            raise SceneError(f"{path} has a rotated transform; warp it north-up with gdalwarp.")
+        if not first:
+            first = meta
+        elif meta["count"] != first["count"]:
+            raise SceneError(
+                f"{path} has {meta['count']} bands, {paths[0]} has {first['count']}; "
+                "a mosaic needs the same bands in every file."
+            )
+        elif crs != first["crs"]:
+            reprojected.append(path)
+    return SceneInfo(
+        tuple(paths), first["crs"], first["res"], first["count"], first["dtype"], tuple(reprojected)
+    )
+
+
+@dataclass
+class SceneReader:
+    """Reads chunks of a mosaic; cheap to pickle (the dataset opens on first use).
+
+    Attributes:
+        paths: The scene files.
+        band_indexes: 1-based bands to read, in the model's band order.
+        resolution: Reading resolution (x, y) in CRS units per pixel.
+    """
+
+    paths: tuple[Path, ...]
+    band_indexes: tuple[int, ...]
+    resolution: tuple[float, float]
+    _dataset: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "paths": self.paths,
+            "band_indexes": self.band_indexes,
+            "resolution": self.resolution,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
+
+    @property
+    def dataset(self) -> Any:
+        """The TorchGeo mosaic, opened once per process."""
+        if self._dataset is None:
+            from rsscgeo._torchgeo import MosaicDataset
+
+            self._dataset = MosaicDataset(list(self.paths), self.band_indexes, self.resolution)
+        return self._dataset
+
+    def grid(self, patch: int, stride: int) -> PatchGrid:
+        """The patch grid on the mosaic's pixel grid at the reading resolution."""
+        xs, ys, _ = self.dataset.bounds
+        xres, yres = self.resolution
+        width = max(1, round((xs.stop - xs.start) / xres))
+        height = max(1, round((ys.stop - ys.start) / yres))
+        transform = Affine(xres, 0, xs.start, 0, -yres, ys.stop)
+        return PatchGrid(self.dataset.crs, transform, width, height, patch, stride)
+
+    def read(
+        self, grid: PatchGrid, chunk: Chunk
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+        """One read of the pixels under ``chunk``: (bands x H x W values, H x W validity)."""
+        left, bottom, right, top = grid.chunk_bounds(chunk)
+        _, _, t = self.dataset.bounds
+        xres, yres = self.resolution
+        sample = self.dataset[left:right:xres, bottom:top:yres, t.start : t.stop]
+        image = sample["image"].numpy()
+        return image[:-1], image[-1] > 0.5
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -1,0 +1,191 @@
+"""Streaming per-chunk results into a GeoPackage and a Cloud-Optimised GeoTIFF.
+
+Both writers work on a temporary path beside the output and move it into place only
+in ``finish``; ``abort`` removes the temporary files, so a failed run leaves nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import rasterio
+import rasterio.shutil
+import shapely
+from rasterio.windows import Window
+
+from rsscgeo.modelfile import ModelCard
+from rsscgeo.scene.grid import PatchGrid
+from rsscgeo.scene.inference import ChunkResult
+from rsscgeo.scene.style import CLASS_FIELD, categorised_qml, embed_default_style
+
+CLASS_NODATA = 255
+# GDAL >= 3.7 writes GeoPackage 1.4 by default, which QGIS 3.22's GDAL 3.6 reports as
+# only partially supported; 1.2 opens everywhere without a warning.
+GPKG_VERSION = "1.2"
+
+
+def temporary_path(path: Path) -> Path:
+    """A hidden sibling of ``path`` that is moved into place on success."""
+    return path.with_name(f".{path.name}.part{path.suffix}")
+
+
+class GeoPackageWriter:
+    """One polygon per classified patch, with a categorised QGIS style embedded."""
+
+    def __init__(self, path: Path, grid: PatchGrid, card: ModelCard) -> None:
+        self.path = path
+        self.tmp = temporary_path(path)
+        self.grid = grid
+        self.card = card
+        self.layer = path.stem
+        self.count = 0
+        self.tmp.unlink(missing_ok=True)
+
+    def write(self, result: ChunkResult) -> None:
+        """Append the chunk's classified patches."""
+        frame = self._frame(result)
+        if frame.empty:
+            return
+        frame.to_file(
+            self.tmp,
+            layer=self.layer,
+            driver="GPKG",
+            engine="pyogrio",
+            append=self.count > 0,
+            **({} if self.count else {"VERSION": GPKG_VERSION}),
+        )
+        self.count += len(frame)
+
+    def finish(self) -> Path:
+        """Embed the style, write the ``.qml`` beside the output and move it into place."""
+        if self.count == 0:
+            self._frame_schema().to_file(
+                self.tmp, layer=self.layer, driver="GPKG", engine="pyogrio", VERSION=GPKG_VERSION
+            )
+        qml = categorised_qml(self.card)
+        embed_default_style(self.tmp, self.layer, "geometry", qml)
+        self.path.with_suffix(".qml").write_text(qml)
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Remove the temporary file."""
+        self.tmp.unlink(missing_ok=True)
+
+    def _frame(self, result: ChunkResult) -> gpd.GeoDataFrame:
+        chunk = result.chunk
+        probs = result.probabilities.reshape(-1, self.card.num_classes)
+        rows, cols = np.divmod(np.arange(len(probs)), chunk.ncols)
+        rows, cols = rows + chunk.row, cols + chunk.col
+        keep = ~np.isnan(probs[:, 0])
+        probs, rows, cols = probs[keep], rows[keep], cols[keep]
+        return self._assemble(probs, rows, cols, result.valid_fraction.reshape(-1)[keep])
+
+    def _frame_schema(self) -> gpd.GeoDataFrame:
+        n = self.card.num_classes
+        return self._assemble(
+            np.empty((0, n), np.float32), np.empty(0, int), np.empty(0, int), np.empty(0)
+        )
+
+    def _assemble(
+        self, probs: np.ndarray, rows: np.ndarray, cols: np.ndarray, valid: np.ndarray
+    ) -> gpd.GeoDataFrame:
+        names = np.array(self.card.class_names)
+        order = np.argsort(-probs, axis=1)
+        best = order[:, 0] if len(probs) else np.empty(0, int)
+        columns: dict[str, Any] = {
+            "row": rows.astype(np.int32),
+            "col": cols.astype(np.int32),
+            "class_id": best.astype(np.int32),
+            CLASS_FIELD: names[best],
+            "score": probs[np.arange(len(probs)), best].astype(np.float32),
+        }
+        for rank in range(3):
+            columns[f"top{rank + 1}"] = names[order[:, rank]] if len(probs) else names[:0]
+        for index, name in enumerate(self.card.class_names):
+            columns[f"p_{name}"] = probs[:, index].astype(np.float32)
+        if self.card.task == "multilabel":
+            assert self.card.thresholds is not None
+            for index, name in enumerate(self.card.class_names):
+                columns[f"has_{name}"] = probs[:, index] >= self.card.thresholds[index]
+        columns["valid_fraction"] = valid.astype(np.float32)
+        boxes = [self.grid.patch_bounds(int(r), int(c)) for r, c in zip(rows, cols, strict=True)]
+        geometry = shapely.box(*np.array(boxes).T) if boxes else []
+        return gpd.GeoDataFrame(pd.DataFrame(columns), geometry=geometry, crs=self.grid.crs)
+
+
+class GeoTiffWriter:
+    """One pixel per patch: class id, then optionally one probability band per class.
+
+    The class band has a colour table and nodata where patches were skipped.
+    Written tiled, then copied to a Cloud-Optimised GeoTIFF on finish.
+    """
+
+    def __init__(self, path: Path, grid: PatchGrid, card: ModelCard, probabilities: bool) -> None:
+        self.path = path
+        self.work = path.with_name(f".{path.name}.work.tif")
+        self.tmp = temporary_path(path)
+        self.card = card
+        self.probabilities = probabilities
+        count = 1 + (card.num_classes if probabilities else 0)
+        self.dst = rasterio.open(
+            self.work,
+            "w",
+            driver="GTiff",
+            width=grid.cols,
+            height=grid.rows,
+            count=count,
+            dtype="float32" if probabilities else "uint8",
+            crs=grid.crs,
+            transform=grid.output_transform,
+            nodata=CLASS_NODATA,
+            tiled=True,
+            blockxsize=256,
+            blockysize=256,
+            compress="deflate",
+        )
+        if not probabilities:  # a colour table must exist before pixels are written
+            colors = {i: (*_rgb(c.color), 255) for i, c in enumerate(card.classes)}
+            self.dst.write_colormap(1, colors)
+
+    def write(self, result: ChunkResult) -> None:
+        """Write the chunk's block of pixels."""
+        chunk = result.chunk
+        probs = result.probabilities
+        skipped = np.isnan(probs[..., 0])
+        classes = np.where(skipped, CLASS_NODATA, np.nan_to_num(probs).argmax(axis=-1))
+        window = Window(chunk.col, chunk.row, chunk.ncols, chunk.nrows)
+        self.dst.write(classes.astype(self.dst.dtypes[0]), 1, window=window)
+        if self.probabilities:
+            bands = np.where(skipped[..., None], CLASS_NODATA, probs).transpose(2, 0, 1)
+            self.dst.write(bands.astype(np.float32), list(range(2, 2 + len(bands))), window=window)
+
+    def finish(self) -> Path:
+        """Add band descriptions, copy to a COG and move it into place."""
+        self.dst.set_band_description(1, "class_id")
+        for index, name in enumerate(self.card.class_names if self.probabilities else []):
+            self.dst.set_band_description(index + 2, f"p_{name}")
+        self.dst.update_tags(1, classes=",".join(self.card.class_names))
+        self.dst.close()
+        rasterio.shutil.copy(
+            self.work, self.tmp, driver="COG", compress="deflate", overviews="auto"
+        )
+        self.work.unlink()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Close and remove the temporary files."""
+        if not self.dst.closed:
+            self.dst.close()
+        self.work.unlink(missing_ok=True)
+        self.tmp.unlink(missing_ok=True)
+
+
+def _rgb(color: str) -> tuple[int, int, int]:
+    return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)

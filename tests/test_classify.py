@@ -1,0 +1,167 @@
+"""`rsscgeo classify` on the real scenes in ../shared/data/scenes with the bundled model."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from affine import Affine
+from conftest import SCENES, assert_one_line_error
+from rasterio.transform import from_origin
+
+from rsscgeo import load_model
+
+pytestmark = pytest.mark.real_data
+
+MODEL = (
+    Path(__file__).resolve().parents[1]
+    / "examples"
+    / "models"
+    / "aid_efficientnet_lite0"
+    / "model.safetensors"
+)
+CASES = {
+    "striped_nodata": SCENES / "rasterio" / "RGB.byte.tif",
+    "jpeg_cog_3857": SCENES / "rasterio" / "cogeo.tif",
+    "naip_rgbn": SCENES / "opengeos" / "naip_m_4709963_se_14_1_20200831.tif",
+    "landsat8_uint16": SCENES / "landsat8" / "LC81070352015122LGN00_RGB_B4B3B2_cog.tif",
+    "geographic_4326": SCENES / "opengeos" / "landsat_2020.tif",
+}
+
+
+@pytest.fixture(scope="module")
+def card():
+    return load_model(MODEL).card
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_outputs_are_georeferenced_and_consistent(tmp_path: Path, run_cli, card, name: str) -> None:
+    scene = CASES[name]
+    gpkg, tif = tmp_path / f"{name}.gpkg", tmp_path / f"{name}.tif"
+    result = run_cli("classify", scene, "--out", gpkg, "--out", tif, "--probabilities")
+    assert result.exit_code == 0, result.output
+    frame = gpd.read_file(gpkg)
+    with rasterio.open(scene) as src, rasterio.open(tif) as out:
+        assert out.crs == src.crs and frame.crs == src.crs
+        classes, probs = out.read(1), out.read(list(range(2, 2 + card.num_classes)))
+        # One pixel per patch: the scene's grid at the reading resolution, scaled by the stride.
+        res = out.transform.a / card.patch_size
+        assert out.transform.c == pytest.approx(src.transform.c)
+        assert out.transform.f == pytest.approx(src.transform.f)
+        if "cog" not in name:  # native resolution: exactly the scene transform scaled
+            assert out.transform.almost_equals(src.transform @ Affine.scale(card.patch_size))
+        assert res > 0
+        assert out.nodata == 255
+    valid = classes != 255
+    assert len(frame) == int(valid.sum()) > 0
+    assert set(frame["class_name"]) <= set(card.class_names)
+    p_cols = [f"p_{n}" for n in card.class_names]
+    np.testing.assert_allclose(frame[p_cols].sum(axis=1), 1.0, atol=1e-4)
+    np.testing.assert_allclose(probs[:, valid].sum(axis=0), 1.0, atol=1e-4)
+    assert (frame["valid_fraction"] >= 0.5).all()
+    assert list(frame.columns[:5]) == ["row", "col", "class_id", "class_name", "score"]
+    # The raster and the polygons agree patch by patch.
+    np.testing.assert_array_equal(classes[frame["row"], frame["col"]], frame["class_id"])
+    with sqlite3.connect(gpkg) as db:
+        styles = db.execute(
+            "SELECT f_table_name, useAsDefault, styleQML FROM layer_styles"
+        ).fetchall()
+    assert styles and styles[0][:2] == (name, 1)
+    assert styles[0][2].count("<category ") == card.num_classes
+    assert gpkg.with_suffix(".qml").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [gpkg.name, tif.name, f"{name}.qml"]
+    )
+
+
+def test_polygons_tile_the_classified_area(tmp_path: Path, run_cli) -> None:
+    gpkg = tmp_path / "tiles.gpkg"
+    assert run_cli("classify", CASES["naip_rgbn"], "--out", gpkg, "--bands", "1,2,3").exit_code == 0
+    frame = gpd.read_file(gpkg)
+    union = shapely.union_all(frame.geometry.values)
+    assert union.area == pytest.approx(frame.geometry.area.sum(), rel=1e-9)  # no overlaps
+    assert union.area == pytest.approx(len(frame) * frame.geometry.area.iloc[0], rel=1e-9)
+    assert union.geom_type == "Polygon"  # one connected block: no gaps on a full scene
+
+
+def test_one_and_two_workers_give_identical_outputs(tmp_path: Path, run_cli) -> None:
+    outs = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}.tif"
+        args = (
+            "classify",
+            CASES["striped_nodata"],
+            "--out",
+            out,
+            "--workers",
+            workers,
+            "--stride",
+            50,
+        )
+        assert run_cli(*args).exit_code == 0
+        with rasterio.open(out) as src:
+            outs.append(src.read())
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.fixture
+def no_crs(tmp_path: Path) -> Path:
+    path = tmp_path / "nocrs.tif"
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=3,
+        dtype="uint8",
+        transform=from_origin(0, 64, 1, 1),
+    ) as dst:
+        dst.write(np.zeros((3, 64, 64), np.uint8))
+    return path
+
+
+def test_bad_input(tmp_path: Path, run_cli, no_crs: Path) -> None:
+    out = tmp_path / "out.gpkg"
+    text = tmp_path / "notes.tif"
+    text.write_text("not a raster")
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "truncated.tif"
+    truncated.write_bytes(CASES["jpeg_cog_3857"].read_bytes()[:5000])
+    cases = [
+        ((text, "--out", out), ("notes.tif", "not a readable raster")),
+        ((empty, "--out", out), ("empty.tif",)),
+        ((truncated, "--out", out), ("truncated.tif",)),
+        ((no_crs, "--out", out), ("no CRS", "gdal_edit")),
+        ((SCENES / "rasterio" / "shade.tif", "--out", out), ("1 band(s)", "--bands")),
+        ((CASES["naip_rgbn"], "--out", out, "--bands", "1,2,9"), ("--bands 9",)),
+        ((CASES["naip_rgbn"], "--out", out, "--bands", "1,2"), ("needs 3 bands",)),
+        (
+            (CASES["naip_rgbn"], "--out", tmp_path / "missing" / "o.gpkg"),
+            ("does not exist", "create it"),
+        ),
+        ((CASES["naip_rgbn"], "--out", out, "--model", text), ("notes.tif",)),
+        ((CASES["naip_rgbn"], "--out", tmp_path / "o.shp"), (".gpkg or .tif",)),
+    ]
+    for args, needles in cases:
+        assert_one_line_error(run_cli("classify", *args), *needles)
+        assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["notes.tif", "empty.tif", "truncated.tif", "nocrs.tif"]
+    )
+
+
+def test_existing_output_needs_overwrite(tmp_path: Path, run_cli) -> None:
+    out = tmp_path / "o.tif"
+    out.write_text("keep me")
+    assert_one_line_error(run_cli("classify", CASES["striped_nodata"], "--out", out), "--overwrite")
+    assert out.read_text() == "keep me"
+    assert run_cli("classify", CASES["striped_nodata"], "--out", out, "--overwrite").exit_code == 0
+    with rasterio.open(out) as src:
+        assert src.count == 1

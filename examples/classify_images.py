@@ -15,14 +15,14 @@ import torch
 import rsscgeo
 from rsscgeo.data.images import read_image
 from rsscgeo.data.transforms import card_transform
+from rsscgeo.modelfile import BUNDLED_MODEL
 
-MODEL = Path(__file__).parent / "models" / "aid_efficientnet_lite0" / "model.safetensors"
 AID = Path(__file__).resolve().parents[2] / "shared" / "data" / "aid150"
 
 
 def main(paths: list[Path]) -> None:
     """Print the model's top-3 classes and probabilities for each image."""
-    loaded = rsscgeo.load_model(MODEL)
+    loaded = rsscgeo.load_model(BUNDLED_MODEL)
     card = loaded.card
     # The card says how the model saw held-out tiles: scale, resize/crop, mean/std.
     transform = card_transform(card)

@@ -21,6 +21,14 @@ from safetensors.torch import save_file
 from rsscgeo.errors import ModelFileError
 
 CARD_KEY = "rsscgeo.card"
+# The default model shipped in the source tree (trained by configs/aid_efficientnet_lite0.yaml).
+BUNDLED_MODEL = (
+    Path(__file__).resolve().parents[1]
+    / "examples"
+    / "models"
+    / "aid_efficientnet_lite0"
+    / "model.safetensors"
+)
 CARD_VERSION = 1
 Task = Literal["multiclass", "multilabel"]
 

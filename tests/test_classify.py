@@ -15,16 +15,11 @@ from conftest import SCENES, assert_one_line_error
 from rasterio.transform import from_origin
 
 from rsscgeo import load_model
+from rsscgeo.modelfile import BUNDLED_MODEL
 
 pytestmark = pytest.mark.real_data
 
-MODEL = (
-    Path(__file__).resolve().parents[1]
-    / "examples"
-    / "models"
-    / "aid_efficientnet_lite0"
-    / "model.safetensors"
-)
+
 CASES = {
     "striped_nodata": SCENES / "rasterio" / "RGB.byte.tif",
     "jpeg_cog_3857": SCENES / "rasterio" / "cogeo.tif",
@@ -36,7 +31,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def card():
-    return load_model(MODEL).card
+    return load_model(BUNDLED_MODEL).card
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

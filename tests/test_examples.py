@@ -14,12 +14,13 @@ from conftest import AID, REPO
 from rsscgeo import load_model
 from rsscgeo.data.catalog import open_catalog
 from rsscgeo.data.splits import read_split
+from rsscgeo.modelfile import BUNDLED_MODEL
 from rsscgeo.training.evaluate import evaluate_model
 
 pytestmark = pytest.mark.real_data
 
-MODEL = REPO / "examples" / "models" / "aid_efficientnet_lite0" / "model.safetensors"
-SPLIT = REPO / "examples" / "models" / "aid_efficientnet_lite0" / "split.csv"
+MODEL = BUNDLED_MODEL
+SPLIT = BUNDLED_MODEL.with_name("split.csv")
 
 
 def test_bundled_model_card() -> None:

@@ -6,14 +6,6 @@ from pathlib import Path
 
 import click
 
-BUNDLED_MODEL = (
-    Path(__file__).resolve().parents[2]
-    / "examples"
-    / "models"
-    / "aid_efficientnet_lite0"
-    / "model.safetensors"
-)
-
 
 def _bands(value: str | None) -> list[int] | None:
     if value is None:
@@ -80,7 +72,7 @@ def classify(
 ) -> None:
     """Classify SCENES (several files form one mosaic) patch by patch."""
     from rsscgeo.errors import SceneError
-    from rsscgeo.modelfile import load_model
+    from rsscgeo.modelfile import BUNDLED_MODEL, load_model
     from rsscgeo.scene.classify import classify_scene
 
     by_suffix = {p.suffix.lower(): p for p in outputs}

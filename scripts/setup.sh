@@ -9,6 +9,19 @@ python=${PYTHON:-python3}
 stamp=$venv/.rsscgeo-installed
 inputs_hash=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 
+# Real QGIS (Debian's PyQGIS, run by the system Python) for the test that opens our
+# outputs in QGIS. Installed when we are root on a Debian-like machine; otherwise that
+# test is skipped outside CI.
+if ! /usr/bin/python3 -c "import qgis.core" 2>/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "rsscgeo setup: installing QGIS (python3-qgis) for the QGIS test"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-qgis qgis-providers >/dev/null
+    else
+        echo "rsscgeo setup: PyQGIS not found; the QGIS test will be skipped" >&2
+    fi
+fi
+
 if [ ! -x "$venv/bin/python" ]; then
     echo "rsscgeo setup: creating $venv"
     "$python" -m venv "$venv"

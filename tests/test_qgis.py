@@ -1,0 +1,78 @@
+"""Real QGIS opens classify's outputs: valid layers, right CRS, the card's styled classes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import geopandas as gpd
+import pytest
+from conftest import SCENES
+from PIL import Image
+
+from rsscgeo import load_model
+from rsscgeo.modelfile import BUNDLED_MODEL
+
+pytestmark = [pytest.mark.real_data, pytest.mark.slow]
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+PROBE = Path(__file__).with_name("qgis_probe.py")
+
+
+def _has_pyqgis() -> bool:
+    if not Path(SYSTEM_PYTHON).exists():
+        return False
+    check = subprocess.run([SYSTEM_PYTHON, "-c", "import qgis.core"], capture_output=True)
+    return check.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def pyqgis() -> None:
+    if not _has_pyqgis():
+        if os.environ.get("CI"):
+            pytest.fail("PyQGIS is missing in CI; scripts/setup.sh installs python3-qgis as root")
+        pytest.skip("PyQGIS not installed (apt-get install -y python3-qgis qgis-providers)")
+
+
+@pytest.mark.parametrize(
+    "scene",
+    [
+        SCENES / "opengeos" / "naip_m_4709963_se_14_1_20200831.tif",
+        SCENES / "rasterio" / "cogeo.tif",
+    ],
+    ids=lambda p: p.stem,
+)
+def test_outputs_open_styled_in_qgis(tmp_path: Path, run_cli, pyqgis: None, scene: Path) -> None:
+    gpkg, tif, png = tmp_path / "labels.gpkg", tmp_path / "labels.tif", tmp_path / "map.png"
+    assert run_cli("classify", scene, "--out", gpkg, "--out", tif).exit_code == 0
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_RUNTIME_DIR": str(tmp_path)}
+    probe = subprocess.run(
+        [SYSTEM_PYTHON, str(PROBE), str(gpkg), str(tif), str(png)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert probe.returncode == 0, probe.stderr
+    report = json.loads(probe.stdout.strip().splitlines()[-1])
+    # GDAL 3.6 under QGIS 3.22 reads GeoPackage 1.2 without the 1.4 "partially supported" warning.
+    assert "partially supported" not in probe.stderr, probe.stderr
+    import rasterio
+
+    with rasterio.open(scene) as src:
+        epsg = src.crs.to_epsg()
+    assert report["vector_valid"] and report["raster_valid"]
+    assert report["vector_crs"] == report["raster_crs"] == f"EPSG:{epsg}"
+    assert report["renderer"] == "categorizedSymbol"
+    assert report["categories"] == load_model(BUNDLED_MODEL).card.class_names
+    assert report["raster_renderer"] == "paletted"
+    assert report["features"] > 0
+    assert report["png_saved"]
+    # The rendered map shows each class present in the layer in its card colour.
+    card = load_model(BUNDLED_MODEL).card
+    present = set(gpd.read_file(gpkg, layer="labels")["class_name"])
+    colours = {c.name: tuple(int(c.color[i : i + 2], 16) for i in (1, 3, 5)) for c in card.classes}
+    rendered = {rgb for _, rgb in Image.open(png).convert("RGB").getcolors(maxcolors=1 << 20)}
+    assert {colours[name] for name in present} <= rendered

@@ -1,20 +1,26 @@
 # The README's two commands: `make demo` (set up + main job) and `make test` (set up + tests).
 # Both are idempotent: scripts/setup.sh reuses .venv while pyproject.toml is unchanged.
-.PHONY: setup demo test lint
+.PHONY: setup demo evaluate test lint
 
 BIN := .venv/bin
 MODEL := examples/models/aid_efficientnet_lite0/model.safetensors
 SPLIT := examples/models/aid_efficientnet_lite0/split.csv
 AID := ../shared/data/aid150
+SCENE := examples/scenes/naip_2020_rgbn.tif
 
 setup:
 	@bash scripts/setup.sh
 
+# The main job: classify the bundled real NAIP scene with the bundled model.
 demo: setup
 	@mkdir -p out
-	$(BIN)/rsscgeo models inspect $(MODEL) > out/model_card.json
+	$(BIN)/rsscgeo classify $(SCENE) --out out/naip_2020_labels.gpkg --out out/naip_2020_labels.tif --overwrite
+	@echo "open out/naip_2020_labels.gpkg (styled, with out/naip_2020_labels.qml) and out/naip_2020_labels.tif in QGIS"
+
+# The bundled model's accuracy on its held-out split of the real AID images.
+evaluate: setup
+	@mkdir -p out
 	$(BIN)/rsscgeo evaluate $(MODEL) $(AID) --split $(SPLIT) --json out/aid_heldout_metrics.json
-	@echo "model card: out/model_card.json; held-out metrics: out/aid_heldout_metrics.json"
 
 test: setup
 	$(BIN)/python -m pytest -q

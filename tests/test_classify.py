@@ -160,3 +160,78 @@ def test_existing_output_needs_overwrite(tmp_path: Path, run_cli) -> None:
     assert run_cli("classify", CASES["striped_nodata"], "--out", out, "--overwrite").exit_code == 0
     with rasterio.open(out) as src:
         assert src.count == 1
+
+
+def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(
+    tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rsscgeo.scene.classify as engine
+
+    monkeypatch.setattr(engine, "CHUNK_PIXELS", 300)  # 6x6-patch chunks: 3x3 chunks
+    scene, args = CASES["striped_nodata"], ("--stride", "50", "--workers", "1")
+    original, calls = engine._Work.__call__, []
+
+    def counted(self, chunk):
+        calls.append(chunk.index)
+        return original(self, chunk)
+
+    monkeypatch.setattr(engine._Work, "__call__", counted)
+    ref_tif, ref_gpkg = tmp_path / "ref.tif", tmp_path / "ref.gpkg"
+    assert run_cli("classify", scene, "--out", ref_tif, "--out", ref_gpkg, *args).exit_code == 0
+    total = len(calls)
+    assert total == 9
+    calls.clear()
+
+    def dies_after_two_chunks(self, chunk):
+        calls.append(chunk.index)
+        if len(calls) > 2:
+            raise RuntimeError("power loss")
+        return original(self, chunk)
+
+    monkeypatch.setattr(engine._Work, "__call__", dies_after_two_chunks)
+    tif, gpkg = tmp_path / "run.tif", tmp_path / "run.gpkg"
+    assert run_cli("classify", scene, "--out", tif, "--out", gpkg, *args).exit_code != 0
+    assert not tif.exists() and not gpkg.exists()
+    journal = tmp_path / ".run.gpkg.journal"  # beside the first output
+    finished = {int(p.name.split("-")[1]) for p in journal.glob("chunk-*.npz")}
+    assert finished == {0, 1}
+
+    calls.clear()
+    monkeypatch.setattr(engine._Work, "__call__", counted)
+    result = run_cli("classify", scene, "--out", tif, "--out", gpkg, *args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert sorted(calls) == sorted(set(range(total)) - finished)  # only unfinished chunks ran
+    with rasterio.open(ref_tif) as a, rasterio.open(tif) as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+        assert a.transform == b.transform
+    expected, actual = gpd.read_file(ref_gpkg, layer="ref"), gpd.read_file(gpkg, layer="run")
+    assert expected.drop(columns="geometry").equals(actual.drop(columns="geometry"))
+    assert expected.geometry.geom_equals(actual.geometry).all()
+    assert not journal.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ref.gpkg",
+        "ref.qml",
+        "ref.tif",
+        "run.gpkg",
+        "run.qml",
+        "run.tif",
+    ]
+
+
+def test_resume_refuses_a_journal_of_another_job(tmp_path: Path, run_cli, monkeypatch) -> None:
+    import rsscgeo.scene.classify as engine
+
+    monkeypatch.setattr(engine, "CHUNK_PIXELS", 300)
+    original = engine._Work.__call__
+    monkeypatch.setattr(
+        engine._Work, "__call__", lambda self, chunk: (_ for _ in ()).throw(RuntimeError("x"))
+    )
+    out = tmp_path / "o.tif"
+    assert (
+        run_cli("classify", CASES["striped_nodata"], "--out", out, "--stride", "50").exit_code != 0
+    )
+    monkeypatch.setattr(engine._Work, "__call__", original)
+    result = run_cli(
+        "classify", CASES["striped_nodata"], "--out", out, "--stride", "75", "--resume"
+    )
+    assert_one_line_error(result, "other inputs or options", "without --resume")

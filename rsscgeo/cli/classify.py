@@ -56,6 +56,11 @@ def _bands(value: str | None) -> list[int] | None:
 )
 @click.option("--probabilities", is_flag=True, help="GeoTIFF: add one probability band per class.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted run from its journal of finished chunks (beside the output).",
+)
 def classify(
     scenes: tuple[Path, ...],
     outputs: tuple[Path, ...],
@@ -69,6 +74,7 @@ def classify(
     workers: int | None,
     probabilities: bool,
     overwrite: bool,
+    resume: bool,
 ) -> None:
     """Classify SCENES (several files form one mosaic) patch by patch."""
     from rsscgeo.errors import SceneError
@@ -94,6 +100,8 @@ def classify(
         workers=workers,
         probabilities=probabilities,
         overwrite=overwrite,
+        resume=resume,
+        model_path=model or BUNDLED_MODEL,
         say=lambda line: click.echo(line, err=True),
     )
     total = summary.classified + summary.skipped

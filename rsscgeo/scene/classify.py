@@ -26,6 +26,7 @@ from rsscgeo.errors import OutputExistsError, SceneError
 from rsscgeo.modelfile import LoadedModel
 from rsscgeo.scene.grid import Chunk, PatchGrid
 from rsscgeo.scene.inference import ChunkResult, Scaling, classify_chunk
+from rsscgeo.scene.journal import Journal, fingerprint, journal_dir
 from rsscgeo.scene.reader import SceneInfo, SceneReader, inspect_scenes
 from rsscgeo.scene.writers import GeoPackageWriter, GeoTiffWriter
 
@@ -63,10 +64,15 @@ def classify_scene(
     workers: int | None = None,
     probabilities: bool = False,
     overwrite: bool = False,
+    resume: bool = False,
+    model_path: Path | None = None,
     progress: bool = True,
     say: Callable[[str], None] = lambda _: None,
 ) -> ClassifySummary:
     """Classify ``scenes`` (one mosaic) patch by patch and write the requested outputs.
+
+    Finished chunks are journaled beside the first output; ``resume`` continues an
+    interrupted run from that journal (``model_path`` goes into its fingerprint).
 
     Raises:
         SceneError: If the scene or the options do not fit the model.
@@ -92,6 +98,17 @@ def classify_scene(
 
     workers = workers or os.cpu_count() or 1
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    options = {
+        "patch": grid.patch,
+        "stride": grid.stride,
+        "bands": band_indexes,
+        "resolution": list(resolution),
+        "min_valid": min_valid,
+        "scaling": [scaling.low, scaling.high],
+    }
+    journal = Journal(
+        journal_dir(outputs[0]), fingerprint(scenes, model_path, options), resume=resume
+    )
     writers: list[GeoPackageWriter | GeoTiffWriter] = []
     summary = ClassifySummary(grid, outputs, notes=notes)
     start = time.perf_counter()
@@ -106,9 +123,8 @@ def classify_scene(
             total=grid.rows * grid.cols, unit="patch", desc="classifying", disable=not progress
         )
         with bar:
-            for result in _run(
-                chunks, reader, grid, loaded, scaling, min_valid, batch_size, workers
-            ):
+            work = _Work(reader, grid, loaded, scaling, min_valid, batch_size)
+            for result in _run(chunks, work, journal, workers):
                 for writer in writers:
                     writer.write(result)
                 _count(summary, result, card.class_names)
@@ -119,39 +135,54 @@ def classify_scene(
         for writer in writers:
             writer.abort()
         raise
+    journal.remove()
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _run(
-    chunks: list[Chunk],
-    reader: SceneReader,
-    grid: PatchGrid,
-    loaded: LoadedModel,
-    scaling: Scaling,
-    min_valid: float,
-    batch_size: int,
-    workers: int,
-) -> Iterator[ChunkResult]:
-    """Chunk results in chunk order; ``workers`` Dask threads compute each wave."""
+@dataclass(frozen=True)
+class _Work:
+    """Everything one chunk task needs; the task itself is ``__call__``."""
 
-    def task(chunk: Chunk) -> ChunkResult:
-        values, valid = reader.read(grid, chunk)
+    reader: SceneReader
+    grid: PatchGrid
+    loaded: LoadedModel
+    scaling: Scaling
+    min_valid: float
+    batch_size: int
+
+    def __call__(self, chunk: Chunk) -> ChunkResult:
+        values, valid = self.reader.read(self.grid, chunk)
         return classify_chunk(
-            loaded,
+            self.loaded,
             values,
             valid,
-            grid,
+            self.grid,
             chunk,
-            scaling=scaling,
-            min_valid=min_valid,
-            batch_size=batch_size,
+            scaling=self.scaling,
+            min_valid=self.min_valid,
+            batch_size=self.batch_size,
         )
 
+
+def _run(chunks: list[Chunk], work: _Work, journal: Journal, workers: int) -> Iterator[ChunkResult]:
+    """Chunk results in chunk order.
+
+    Journaled chunks are read back; the rest are computed in waves of Dask tasks on
+    ``workers`` threads and journaled as each wave finishes.
+    """
     wave = max(1, workers * 2)
     for start in range(0, len(chunks), wave):
-        tasks = [delayed(task)(chunk) for chunk in chunks[start : start + wave]]
-        yield from compute(*tasks, scheduler="threads", num_workers=workers)  # type: ignore[no-untyped-call]
+        batch = chunks[start : start + wave]
+        done = {c.index: journal.load(c) for c in batch}
+        todo = [delayed(work)(c) for c in batch if done[c.index] is None]
+        for result in compute(*todo, scheduler="threads", num_workers=workers):  # type: ignore[no-untyped-call]
+            journal.save(result)
+            done[result.chunk.index] = result
+        for chunk in batch:
+            result = done[chunk.index]
+            assert result is not None
+            yield result
 
 
 def _count(summary: ClassifySummary, result: ChunkResult, names: list[str]) -> None:

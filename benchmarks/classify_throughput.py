@@ -1,0 +1,836 @@
+"""Scene classification throughput: ``classify_scene`` against its bounds and TorchGeo's loop.
+
+Writes one synthetic RGB uint8 scene (tiled 256x256, deflate, EPSG:32633, 2 m pixels, so
+the bundled model reads it at native resolution; smooth multi-octave noise plus pixel
+noise, so it compresses like imagery rather than like a constant) into a temporary
+folder, then measures, for the bundled EfficientNet-Lite0 model and for a trivial model
+(global average pool + linear, 30 outputs; it makes the run I/O-bound):
+
+1. decode bound: rasterio reads the whole raster block by block on all cores
+   (a thread pool over the 256x256 blocks, one dataset handle per thread);
+2. model-only bound: random, already normalised float batches at the card's eval size
+   (the 150 px patch resized to 176) through the model, with torch's threads
+   (intra-op) and with one torch thread per worker thread (as ``classify_scene``
+   runs); the faster of the two is the bound;
+3. end to end: ``rsscgeo.scene.classify.classify_scene`` (GeoTIFF output only,
+   ``progress=False``), in a subprocess, which also reports its peak RSS;
+4. TorchGeo loop: ``RasterDataset`` + ``GridGeoSampler(size=150, stride=150, units=PIXELS)``
+   + ``DataLoader(batch_size=64, collate_fn=stack_samples)``, one patch per sample,
+   then the same scaling, resize, normalisation, model and softmax.
+
+patches/s counts patches of the 150 px grid (the last row and column padded, as both
+``classify_scene`` and ``GridGeoSampler`` do); MP/s is megapixels of scene per second
+(model-only: patches/s x 150^2). The scene is read from the page cache (it was just
+written). ``--rss`` adds peak-RSS runs of the end-to-end path (trivial model) on 8192^2
+and 32768^2 scenes; see benchmarks/README.md for timings.
+
+Example::
+
+    .venv/bin/python benchmarks/classify_throughput.py --size 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import math
+import os
+import pstats
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import rasterio
+import torch
+import torch.nn.functional as F
+from affine import Affine
+from rasterio.windows import Window
+
+from rsscgeo.modelfile import BUNDLED_MODEL, LoadedModel, ModelCard, load_model, read_card
+
+PIXEL_SIZE = 2.0
+CRS = "EPSG:32633"
+ORIGIN = (400_000.0, 5_800_000.0)  # UTM 33N, upper left
+BLOCK = 256
+STRIP = 512  # rows generated per write; a multiple of every octave below
+OCTAVES = ((256, 55.0), (32, 28.0), (4, 12.0))  # (cell px, amplitude): coarse to fine
+PIXEL_NOISE = 5  # +- uniform integer noise per pixel and band
+MODELS = ("bundled", "trivial")
+TARGETS = {
+    "trivial e2e / decode": 0.8,
+    "trivial e2e / torchgeo": 10.0,
+    "bundled e2e / model-only": 0.95,
+    "peak RSS 32768^2 (GB)": 1.5,
+    "peak RSS 32768^2 / 8192^2": 1.25,
+}
+
+
+# --------------------------------------------------------------------------- scene
+
+
+def _field(grid: torch.Tensor, cell: int, row0: int, rows: int, width: int) -> torch.Tensor:
+    """Bilinear upsampling of ``grid`` (C x gh x gw, one node every ``cell`` px) on a strip.
+
+    Node (i, j) sits on pixel (i * cell, j * cell), so strips computed separately join
+    without seams.
+    """
+    first = row0 // cell
+    last = (row0 + rows) // cell + 1
+    coarse = grid[:, first : last + 1, :].unsqueeze(0)
+    out_h = (coarse.shape[2] - 1) * cell + 1
+    out_w = (coarse.shape[3] - 1) * cell + 1
+    fine = F.interpolate(coarse, size=(out_h, out_w), mode="bilinear", align_corners=True)
+    return fine[0, :, :rows, :width]
+
+
+def write_scene(path: Path, size: int, seed: int = 0) -> float:
+    """Write a ``size`` x ``size`` RGB uint8 GeoTIFF of smooth noise; return seconds taken.
+
+    Tiled 256x256, deflate (GDAL's default level), pixel-interleaved, BigTIFF when needed;
+    written in 512-row strips so memory stays small for any size.
+    """
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(seed)
+    grids = []
+    for cell, _ in OCTAVES:
+        nodes = size // cell + 2
+        # Mostly shared between bands (luminance), partly per band (colour).
+        shared = torch.rand(1, nodes, nodes, generator=generator) * 2 - 1
+        own = torch.rand(3, nodes, nodes, generator=generator) * 2 - 1
+        grids.append(0.7 * shared + 0.3 * own)
+    profile = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": 3,
+        "dtype": "uint8",
+        "crs": CRS,
+        "transform": Affine(PIXEL_SIZE, 0, ORIGIN[0], 0, -PIXEL_SIZE, ORIGIN[1]),
+        "tiled": True,
+        "blockxsize": BLOCK,
+        "blockysize": BLOCK,
+        "compress": "deflate",
+        "interleave": "pixel",
+        "photometric": "RGB",
+        "BIGTIFF": "IF_SAFER",
+        "NUM_THREADS": "ALL_CPUS",
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        for row0 in range(0, size, STRIP):
+            rows = min(STRIP, size - row0)
+            values = torch.full((3, rows, size), 128.0)
+            for grid, (cell, amplitude) in zip(grids, OCTAVES, strict=True):
+                values += amplitude * _field(grid, cell, row0, rows, size)
+            noise = torch.randint(-PIXEL_NOISE, PIXEL_NOISE + 1, values.shape, generator=generator)
+            pixels = (values + noise).clamp(0, 255).to(torch.uint8).numpy()
+            dst.write(pixels, window=Window(0, row0, size, rows))
+    return time.perf_counter() - started
+
+
+def grid_patches(size: int, patch: int) -> int:
+    """Patches of the ``patch`` px grid (stride = patch) on a ``size``^2 scene, edges padded."""
+    per_side = 1 + max(0, math.ceil((size - patch) / patch))
+    return per_side * per_side
+
+
+# --------------------------------------------------------------------------- models
+
+
+class TrivialNet(torch.nn.Module):
+    """Global average pool + linear layer: next to no compute, so runs become I/O-bound."""
+
+    def __init__(self, bands: int = 3, classes: int = 30) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(bands, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of an N x C x H x W batch."""
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def get_model(name: str) -> LoadedModel:
+    """The bundled model file, or the trivial network with the bundled model's card.
+
+    ``load_model`` builds timm architectures only, so the trivial network is wrapped in a
+    ``LoadedModel`` directly (``classify_scene`` takes one).
+    """
+    if name == "bundled":
+        return load_model(BUNDLED_MODEL)
+    card = read_card(BUNDLED_MODEL)
+    torch.manual_seed(0)
+    return LoadedModel(
+        model=TrivialNet(len(card.bands), card.num_classes).eval(),
+        card=card,
+    )
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Figure:
+    """One measured path."""
+
+    model: str
+    path: str
+    patches: int
+    seconds: float
+    pixels: float  # scene pixels covered by the patches done
+    note: str = ""
+
+    @property
+    def patches_per_second(self) -> float:
+        """Patches per second."""
+        return self.patches / self.seconds
+
+    @property
+    def megapixels_per_second(self) -> float:
+        """Megapixels of scene per second."""
+        return self.pixels / self.seconds / 1e6
+
+
+@dataclass
+class Results:
+    """Everything measured in one run, by (model, path)."""
+
+    figures: dict[tuple[str, str], Figure] = field(default_factory=dict)
+    rss: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, figure: Figure) -> Figure:
+        """Store and print one figure."""
+        self.figures[(figure.model, figure.path)] = figure
+        print(
+            f"  {figure.model:<8} {figure.path:<12} {figure.patches:>7d} patches "
+            f"{figure.seconds:>8.2f} s {figure.patches_per_second:>9.1f} patch/s "
+            f"{figure.megapixels_per_second:>8.2f} MP/s  {figure.note}",
+            flush=True,
+        )
+        return figure
+
+    def get(self, model: str, path: str) -> Figure | None:
+        """A figure, or None if it was not measured."""
+        return self.figures.get((model, path))
+
+
+# --------------------------------------------------------------------------- (1) decode
+
+
+def decode_bound(scene: Path, threads: int, window: int | None = None) -> tuple[float, int]:
+    """Read the whole raster on ``threads`` threads, one dataset handle per thread.
+
+    Args:
+        scene: The GeoTIFF.
+        threads: Thread count.
+        window: Side of the square read windows; None reads the file's own blocks.
+
+    Returns:
+        (seconds, windows read).
+    """
+    with rasterio.open(scene) as src:
+        if window is None:
+            windows = [w for _, w in src.block_windows(1)]
+        else:
+            windows = [
+                Window(c, r, min(window, src.width - c), min(window, src.height - r))
+                for r in range(0, src.height, window)
+                for c in range(0, src.width, window)
+            ]
+    local = threading.local()
+    handles: list[Any] = []
+    lock = threading.Lock()
+
+    def read(win: Window) -> int:
+        src = getattr(local, "src", None)
+        if src is None:
+            src = local.src = rasterio.open(scene)
+            with lock:
+                handles.append(src)
+        return int(src.read(window=win).shape[-1])
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(read, windows, chunksize=16):
+            pass
+    seconds = time.perf_counter() - started
+    for src in handles:
+        src.close()
+    return seconds, len(windows)
+
+
+# --------------------------------------------------------------------------- (2) model only
+
+
+@torch.inference_mode()
+def model_only(
+    loaded: LoadedModel, batch_size: int, workers: int, torch_threads: int, max_seconds: float
+) -> tuple[int, float]:
+    """Random normalised batches at the card's input size through the model.
+
+    ``workers`` Python threads each run batches with ``torch_threads`` intra-op threads
+    (process-wide). Runs until ``max_seconds`` have passed (at least two batches per
+    worker after one warm-up batch each).
+
+    Returns:
+        (patches, seconds).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(torch_threads)
+    card = loaded.card
+    size = card.input_size
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        torch.randn(batch_size, len(card.bands), size, size, generator=generator) for _ in range(2)
+    ]
+
+    def run(index: int) -> torch.Tensor:
+        return F.softmax(loaded.model(batches[index % len(batches)]).float(), dim=1)
+
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, range(workers)))  # warm-up
+            done = 0
+            started = time.perf_counter()
+            while True:
+                list(pool.map(run, range(workers)))
+                done += workers
+                elapsed = time.perf_counter() - started
+                if done >= 2 * workers and elapsed >= max_seconds:
+                    break
+                if done >= 4 * workers and elapsed * (done + workers) / done > 1.5 * max_seconds:
+                    break
+    finally:
+        torch.set_num_threads(previous)
+    return done * batch_size, elapsed
+
+
+# --------------------------------------------------------------------------- (3) end to end
+
+
+def run_e2e_child(
+    scene: Path,
+    out: Path,
+    model: str,
+    workers: int | None,
+    batch_size: int,
+    mode: str = "time",
+) -> dict[str, Any]:
+    """Run ``classify_scene`` in a fresh Python process and return what it reports."""
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "_e2e",
+        "--scene",
+        str(scene),
+        "--out",
+        str(out),
+        "--model",
+        model,
+        "--batch-size",
+        str(batch_size),
+        "--mode",
+        mode,
+    ]
+    if workers:
+        command += ["--workers", str(workers)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"end-to-end child failed:\n{result.stdout}\n{result.stderr}")
+    lines = result.stdout.splitlines()
+    marker = lines.index("@@json")
+    for line in lines[:marker]:
+        print(f"    | {line}")
+    report: dict[str, Any] = json.loads(lines[marker + 1])
+    return report
+
+
+class _Stages:
+    """Wall time spent in named stages, summed over threads (a thread-safe tally)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    def add(self, name: str, seconds: float) -> None:
+        """Record one call of ``name``."""
+        with self.lock:
+            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+            self.calls[name] = self.calls.get(name, 0) + 1
+
+    def wrap(self, name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+        """``func``, timed under ``name``."""
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self.add(name, time.perf_counter() - started)
+
+        return timed
+
+
+class _TimedModel(torch.nn.Module):
+    """A model whose forward passes are tallied."""
+
+    def __init__(self, inner: torch.nn.Module, stages: _Stages) -> None:
+        super().__init__()
+        self.inner = inner
+        self.stages = stages
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The inner model's forward, timed."""
+        started = time.perf_counter()
+        try:
+            return self.inner(x)  # type: ignore[no-any-return]
+        finally:
+            self.stages.add("model forward", time.perf_counter() - started)
+
+
+def _instrument(loaded: LoadedModel) -> tuple[LoadedModel, _Stages]:
+    """Patch timers around the stages of ``classify_scene`` (they are looked up by name)."""
+    import rasterio.merge
+
+    import rsscgeo._torchgeo as tg
+    import rsscgeo.scene.classify as classify
+    import rsscgeo.scene.inference as inference
+    import rsscgeo.scene.reader as reader
+    import rsscgeo.scene.writers as writers
+
+    stages = _Stages()
+    rasterio.merge.merge = stages.wrap("  rasterio.merge.merge", rasterio.merge.merge)
+    tg.MosaicDataset._merge_files = stages.wrap(  # type: ignore[method-assign]
+        " MosaicDataset._merge_files", tg.MosaicDataset._merge_files
+    )
+    reader.SceneReader.read = stages.wrap(  # type: ignore[method-assign]
+        "SceneReader.read", reader.SceneReader.read
+    )
+    inference.cut_patches = stages.wrap(" cut_patches", inference.cut_patches)
+    inference.Scaling.apply = stages.wrap(  # type: ignore[method-assign]
+        " Scaling.apply", inference.Scaling.apply
+    )
+    make_transform = inference.card_transform
+
+    def card_transform(card: ModelCard) -> Callable[[torch.Tensor], torch.Tensor]:
+        return stages.wrap(" card_transform (resize+normalise)", make_transform(card))
+
+    inference.card_transform = card_transform  # type: ignore[assignment]
+    classify.classify_chunk = stages.wrap("classify_chunk", classify.classify_chunk)
+    writers.GeoTiffWriter.write = stages.wrap(  # type: ignore[method-assign]
+        "GeoTiffWriter.write", writers.GeoTiffWriter.write
+    )
+    writers.GeoTiffWriter.finish = stages.wrap(  # type: ignore[method-assign]
+        "GeoTiffWriter.finish (COG copy)", writers.GeoTiffWriter.finish
+    )
+    classify.compute = stages.wrap("dask compute (wave wall)", classify.compute)
+    timed = LoadedModel(model=_TimedModel(loaded.model, stages).eval(), card=loaded.card)
+    return timed, stages
+
+
+def e2e_child(argv: Sequence[str]) -> None:
+    """The subprocess side of :func:`run_e2e_child`: one ``classify_scene`` call.
+
+    Modes: ``time`` (plain run), ``stages`` (tally wall time per stage across the
+    worker threads), ``cprofile`` (Dask's synchronous scheduler, so cProfile sees every
+    call, in the main thread; one worker).
+    """
+    parser = argparse.ArgumentParser(prog="classify_throughput.py _e2e")
+    parser.add_argument("--scene", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model", choices=MODELS, required=True)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--mode", choices=("time", "stages", "cprofile"), default="time")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+
+    import rsscgeo.scene.classify as classify
+
+    loaded = get_model(args.model)
+    stages: _Stages | None = None
+    if args.mode == "stages":
+        loaded, stages = _instrument(loaded)
+    workers = args.workers
+    profiler: cProfile.Profile | None = None
+    if args.mode == "cprofile":
+        compute = classify.compute
+
+        def sync_compute(*tasks: Any, **_: Any) -> Any:
+            return compute(*tasks, scheduler="sync")
+
+        classify.compute = sync_compute
+        workers = 1
+        profiler = cProfile.Profile()
+    baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    summary = classify.classify_scene(
+        [args.scene],
+        loaded,
+        geotiff=args.out,
+        batch_size=args.batch_size,
+        workers=workers,
+        overwrite=True,
+        progress=False,
+    )
+    if profiler is not None:
+        profiler.disable()
+    seconds = time.perf_counter() - started
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if stages is not None:
+        used = workers or os.cpu_count() or 1
+        print(
+            f"stage wall time summed over {used} worker threads "
+            f"(loop {summary.seconds:.2f} s x {used} = {summary.seconds * used:.2f} thread-s):"
+        )
+        for name, total in sorted(stages.seconds.items(), key=lambda kv: -kv[1]):
+            print(f"  {name:<40} {total:>8.2f} s  {stages.calls[name]:>6d} calls")
+    if profiler is not None:
+        text = io.StringIO()
+        stats = pstats.Stats(profiler, stream=text)
+        stats.sort_stats("tottime").print_stats(22)
+        print("cProfile (one worker, sync scheduler), top by own time:")
+        body = text.getvalue().split("ncalls", 1)[-1]
+        print("   ncalls" + body.rstrip())
+    print("@@json")
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "loop_seconds": summary.seconds,
+                "classified": summary.classified,
+                "skipped": summary.skipped,
+                "patches": summary.grid.rows * summary.grid.cols,
+                "baseline_rss_mb": baseline_kb / 1024,
+                "peak_rss_mb": peak_kb / 1024,
+                "torch_threads": torch.get_num_threads(),
+            }
+        )
+    )
+
+
+# --------------------------------------------------------------------------- (4) TorchGeo
+
+
+def torchgeo_loop(
+    scene: Path, loaded: LoadedModel, batch_size: int, num_workers: int, max_seconds: float
+) -> tuple[int, int, float]:
+    """The canonical TorchGeo inference loop over the scene.
+
+    Returns:
+        (patches done, patches in the sampler, seconds).
+    """
+    from torch.utils.data import DataLoader
+    from torchgeo.datasets import RasterDataset, stack_samples
+    from torchgeo.samplers import GridGeoSampler, Units
+
+    from rsscgeo.data.transforms import card_transform
+
+    class Scene(RasterDataset):  # type: ignore[misc]
+        filename_glob = scene.name
+
+    card = loaded.card
+    dataset = Scene(paths=[str(scene)])
+    sampler = GridGeoSampler(
+        dataset, size=card.patch_size, stride=card.patch_size, units=Units.PIXELS
+    )
+    loader = DataLoader(
+        dataset,
+        sampler=sampler,
+        batch_size=batch_size,
+        collate_fn=stack_samples,
+        num_workers=num_workers,
+    )
+    transform = card_transform(card)
+    done = 0
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for batch in loader:
+            x = transform(batch["image"][:, : len(card.bands)] / card.input_scale)
+            probs = F.softmax(loaded.model(x).float(), dim=1)
+            done += len(probs)
+            if time.perf_counter() - started >= max_seconds:
+                break
+    seconds = time.perf_counter() - started
+    del loader
+    return done, len(sampler), seconds
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def measure(args: argparse.Namespace, workdir: Path, results: Results) -> None:
+    """Write the scene and run the four paths for each model."""
+    cores = os.cpu_count() or 1
+    workers = args.workers or cores
+    scene = workdir / f"scene_{args.size}.tif"
+    seconds = write_scene(scene, args.size)
+    size_mb = scene.stat().st_size / 2**20
+    raw_mb = args.size**2 * 3 / 2**20
+    print(
+        f"scene {args.size}^2 RGB uint8, {CRS}, {PIXEL_SIZE:g} m: {size_mb:.0f} MiB on disk "
+        f"({raw_mb / size_mb:.2f}x deflate), written in {seconds:.1f} s",
+        flush=True,
+    )
+    pixels = float(args.size**2)
+    card = read_card(BUNDLED_MODEL)
+    patch = card.patch_size
+    total = grid_patches(args.size, patch)
+    print(
+        f"{cores} cores; {workers} worker threads; patch {patch} px (stride {patch}), "
+        f"eval size {card.input_size}; {total} patches; batch {args.batch_size}",
+        flush=True,
+    )
+    print(
+        f"  {'model':<8} {'path':<12} {'patches':>15} {'seconds':>10} "
+        f"{'rate':>17} {'scene rate':>13}"
+    )
+    per_patch = float(patch * patch)
+    if "decode" in args.paths:
+        runs = [decode_bound(scene, workers) for _ in range(args.decode_repeats)]
+        best, blocks = min(runs)
+        figure = Figure("-", "decode", total, best, pixels, f"{blocks} blocks of {BLOCK}^2")
+        for model in args.models:
+            results.figures[(model, "decode")] = figure
+        results.add(figure)
+        chunk = (2048 // patch) * patch
+        seconds, windows = min(decode_bound(scene, workers, chunk) for _ in range(2))
+        results.add(
+            Figure("-", "decode-chunk", total, seconds, pixels, f"{windows} windows of {chunk}^2")
+        )
+    for model in args.models:
+        loaded = get_model(model)
+        if "model" in args.paths:
+            n, secs = model_only(loaded, args.batch_size, 1, cores, args.max_seconds)
+            intra = Figure(
+                model, "model-intra", n, secs, n * per_patch, f"1 thread x {cores} torch threads"
+            )
+            n, secs = model_only(
+                loaded, args.batch_size, workers, max(1, cores // workers), args.max_seconds
+            )
+            inter = Figure(
+                model,
+                "model-inter",
+                n,
+                secs,
+                n * per_patch,
+                f"{workers} threads x {max(1, cores // workers)} torch thread(s)",
+            )
+            results.add(intra)
+            results.add(inter)
+            best_model = max(intra, inter, key=lambda f: f.patches_per_second)
+            results.figures[(model, "model")] = best_model
+        if "e2e" in args.paths:
+            out = workdir / f"labels_{model}.tif"
+            report = run_e2e_child(scene, out, model, args.workers, args.batch_size)
+            figure = Figure(
+                model,
+                "e2e",
+                report["patches"],
+                report["seconds"],
+                pixels,
+                f"loop {report['loop_seconds']:.2f} s; peak RSS {report['peak_rss_mb']:.0f} MB "
+                f"(after imports+model {report['baseline_rss_mb']:.0f} MB)",
+            )
+            results.add(figure)
+            results.rss[f"{model} {args.size}^2"] = report
+        if "torchgeo" in args.paths:
+            done, count, secs = torchgeo_loop(
+                scene, loaded, args.batch_size, args.tg_workers, args.max_seconds
+            )
+            note = f"DataLoader num_workers={args.tg_workers}"
+            if done < count:
+                note += f"; stopped at {done}/{count} patches (--max-seconds)"
+            results.add(Figure(model, "torchgeo", done, secs, pixels * done / count, note))
+        del loaded
+    if args.profile:
+        for mode in ("stages", "cprofile"):
+            print(f"\nprofile of the end-to-end path ({args.profile_model} model, {mode}):")
+            run_e2e_child(
+                scene,
+                workdir / "labels_profile.tif",
+                args.profile_model,
+                args.workers,
+                args.batch_size,
+                mode,
+            )
+    if args.rss:
+        rss_runs(args, workdir, scene, results)
+
+
+def rss_runs(args: argparse.Namespace, workdir: Path, scene: Path, results: Results) -> None:
+    """Peak RSS of the end-to-end path (trivial model) at each of ``--rss-sizes``."""
+    ratio = scene.stat().st_size / args.size**2
+    print(f"\npeak RSS of classify_scene ({args.rss_model} model), one subprocess per size:")
+    for size in args.rss_sizes:
+        key = f"{args.rss_model} {size}^2"
+        if key in results.rss:
+            print(f"  {size}^2: measured above")
+            continue
+        path = scene if size == args.size else workdir / f"scene_{size}.tif"
+        if not path.exists():
+            need = 1.3 * ratio * size**2 + 2**30
+            free = shutil.disk_usage(workdir).free
+            if free < need:
+                print(f"  {size}^2: skipped, {free / 2**30:.1f} GiB free, need ~{need / 2**30:.1f}")
+                continue
+            seconds = write_scene(path, size)
+            print(
+                f"  {size}^2: wrote {path.stat().st_size / 2**30:.2f} GiB in {seconds:.0f} s",
+                flush=True,
+            )
+        report = run_e2e_child(
+            path,
+            workdir / f"labels_rss_{size}.tif",
+            args.rss_model,
+            args.workers,
+            args.batch_size,
+        )
+        results.rss[key] = report
+        print(
+            f"  {size}^2: {report['patches']} patches in {report['seconds']:.1f} s; "
+            f"peak RSS {report['peak_rss_mb']:.0f} MB "
+            f"(after imports+model {report['baseline_rss_mb']:.0f} MB)",
+            flush=True,
+        )
+        if path != scene:
+            path.unlink()
+
+
+def _verdict(value: float, target: float, higher: bool = True) -> str:
+    ok = value >= target if higher else value <= target
+    return f"{'meets' if ok else 'MISSES'} target {'>=' if higher else '<='} {target:g}"
+
+
+def report(args: argparse.Namespace, results: Results) -> None:
+    """Print the ratios against the issue's targets."""
+    print("\nratios (rates in patches/s; targets from the issue):")
+
+    def ratio(model: str, num: str, den: str, target_key: str) -> None:
+        a, b = results.get(model, num), results.get(model, den)
+        if a is None or b is None:
+            return
+        value = a.patches_per_second / b.patches_per_second
+        print(
+            f"  {target_key:<28} {a.patches_per_second:>9.1f} / {b.patches_per_second:<9.1f}"
+            f" = {value:6.2f}x  {_verdict(value, TARGETS[target_key])}"
+        )
+
+    ratio("trivial", "e2e", "decode", "trivial e2e / decode")
+    ratio("trivial", "e2e", "torchgeo", "trivial e2e / torchgeo")
+    ratio("bundled", "e2e", "model", "bundled e2e / model-only")
+    for model in args.models:
+        extra = [("e2e", "decode"), ("e2e", "torchgeo")] if model == "bundled" else []
+        extra += [("e2e", "model")] if model == "trivial" else []
+        for num, den in extra:
+            a, b = results.get(model, num), results.get(model, den)
+            if a is not None and b is not None:
+                value = a.patches_per_second / b.patches_per_second
+                print(f"  {model} {num} / {den:<19} {value:31.2f}x  (no target)")
+    peaks = {k: v["peak_rss_mb"] for k, v in results.rss.items()}
+    if peaks:
+        print("peak RSS of the end-to-end subprocess (imports, model and run):")
+        for key, mb in peaks.items():
+            print(f"  {key:<20} {mb:8.0f} MB")
+    big = peaks.get(f"{args.rss_model} 32768^2")
+    small = peaks.get(f"{args.rss_model} 8192^2")
+    if big is not None:
+        gb = big / 1000
+        verdict = _verdict(gb, TARGETS["peak RSS 32768^2 (GB)"], higher=False)
+        print(f"  peak RSS 32768^2 {gb:.2f} GB: {verdict}")
+        if small is not None:
+            value = big / small
+            print(
+                f"  peak RSS 32768^2 / 8192^2 = {value:.2f}x: "
+                f"{_verdict(value, TARGETS['peak RSS 32768^2 / 8192^2'], False)}"
+            )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    cores = os.cpu_count() or 1
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--size", type=int, default=8192, help="scene side in pixels")
+    parser.add_argument(
+        "--models", default=",".join(MODELS), help="comma-separated: bundled, trivial"
+    )
+    parser.add_argument(
+        "--paths",
+        default="decode,model,e2e,torchgeo",
+        help="comma-separated subset of decode, model, e2e, torchgeo",
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=60.0,
+        help="cap per model-only and TorchGeo-loop measurement (the rate over the part done "
+        "is reported); the decode and end-to-end paths always cover the whole scene",
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--workers", type=int, default=None, help="classify_scene workers (default: its own)"
+    )
+    parser.add_argument(
+        "--tg-workers", type=int, default=cores, help="TorchGeo DataLoader num_workers"
+    )
+    parser.add_argument("--decode-repeats", type=int, default=2, help="best of N decode runs")
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile the end-to-end path (2 more runs)"
+    )
+    parser.add_argument("--profile-model", choices=MODELS, default="trivial")
+    parser.add_argument(
+        "--rss",
+        action="store_true",
+        help="peak RSS of the end-to-end path at --rss-sizes (writes those scenes)",
+    )
+    parser.add_argument("--rss-sizes", default="8192,32768")
+    parser.add_argument("--rss-model", choices=MODELS, default="trivial")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where the temporary folder goes"
+    )
+    args = parser.parse_args(argv)
+    args.models = [m for m in args.models.split(",") if m]
+    args.paths = [p for p in args.paths.split(",") if p]
+    args.rss_sizes = [int(s) for s in args.rss_sizes.split(",") if s]
+    if not set(args.models) <= set(MODELS):
+        parser.error(f"--models must be among {MODELS}")
+    if not set(args.paths) <= {"decode", "model", "e2e", "torchgeo"}:
+        parser.error("--paths must be among decode, model, e2e, torchgeo")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Write the scene, measure every path and print the comparison."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_e2e"]:
+        e2e_child(argv[1:])
+        return
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore")
+    print(
+        f"torch {torch.__version__}, rasterio {rasterio.__version__} "
+        f"(GDAL {rasterio.__gdal_version__}), python {sys.version.split()[0]}"
+    )
+    started = time.perf_counter()
+    results = Results()
+    with tempfile.TemporaryDirectory(prefix="rsscgeo-classify-bench-", dir=args.workdir) as tmp:
+        measure(args, Path(tmp), results)
+    report(args, results)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from rsscgeo.errors import RsscgeoError
     from rsscgeo.modelfile import LoadedModel, ModelCard, load_model, save_model
+    from rsscgeo.scene.classify import classify_scene
+    from rsscgeo.scene.results import patch_dataset
 
 # Public names and their modules; imported on first use so `rsscgeo --help` stays fast.
 _EXPORTS = {
@@ -22,8 +24,19 @@ _EXPORTS = {
     "ModelCard": "rsscgeo.modelfile",
     "load_model": "rsscgeo.modelfile",
     "save_model": "rsscgeo.modelfile",
+    "classify_scene": "rsscgeo.scene.classify",
+    "patch_dataset": "rsscgeo.scene.results",
 }
-__all__ = ["LoadedModel", "ModelCard", "RsscgeoError", "__version__", "load_model", "save_model"]
+__all__ = [
+    "LoadedModel",
+    "ModelCard",
+    "RsscgeoError",
+    "__version__",
+    "classify_scene",
+    "load_model",
+    "patch_dataset",
+    "save_model",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -169,13 +169,13 @@ def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(
 
     monkeypatch.setattr(engine, "CHUNK_PIXELS", 300)  # 6x6-patch chunks: 3x3 chunks
     scene, args = CASES["striped_nodata"], ("--stride", "50", "--workers", "1")
-    original, calls = engine._Work.__call__, []
+    original, calls = engine.ChunkTask.__call__, []
 
     def counted(self, chunk):
         calls.append(chunk.index)
         return original(self, chunk)
 
-    monkeypatch.setattr(engine._Work, "__call__", counted)
+    monkeypatch.setattr(engine.ChunkTask, "__call__", counted)
     ref_tif, ref_gpkg = tmp_path / "ref.tif", tmp_path / "ref.gpkg"
     assert run_cli("classify", scene, "--out", ref_tif, "--out", ref_gpkg, *args).exit_code == 0
     total = len(calls)
@@ -188,7 +188,7 @@ def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(
             raise RuntimeError("power loss")
         return original(self, chunk)
 
-    monkeypatch.setattr(engine._Work, "__call__", dies_after_two_chunks)
+    monkeypatch.setattr(engine.ChunkTask, "__call__", dies_after_two_chunks)
     tif, gpkg = tmp_path / "run.tif", tmp_path / "run.gpkg"
     assert run_cli("classify", scene, "--out", tif, "--out", gpkg, *args).exit_code != 0
     assert not tif.exists() and not gpkg.exists()
@@ -197,7 +197,7 @@ def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(
     assert finished == {0, 1}
 
     calls.clear()
-    monkeypatch.setattr(engine._Work, "__call__", counted)
+    monkeypatch.setattr(engine.ChunkTask, "__call__", counted)
     result = run_cli("classify", scene, "--out", tif, "--out", gpkg, *args, "--resume")
     assert result.exit_code == 0, result.output
     assert sorted(calls) == sorted(set(range(total)) - finished)  # only unfinished chunks ran
@@ -222,16 +222,50 @@ def test_resume_refuses_a_journal_of_another_job(tmp_path: Path, run_cli, monkey
     import rsscgeo.scene.classify as engine
 
     monkeypatch.setattr(engine, "CHUNK_PIXELS", 300)
-    original = engine._Work.__call__
+    original = engine.ChunkTask.__call__
     monkeypatch.setattr(
-        engine._Work, "__call__", lambda self, chunk: (_ for _ in ()).throw(RuntimeError("x"))
+        engine.ChunkTask, "__call__", lambda self, chunk: (_ for _ in ()).throw(RuntimeError("x"))
     )
     out = tmp_path / "o.tif"
     assert (
         run_cli("classify", CASES["striped_nodata"], "--out", out, "--stride", "50").exit_code != 0
     )
-    monkeypatch.setattr(engine._Work, "__call__", original)
+    monkeypatch.setattr(engine.ChunkTask, "__call__", original)
     result = run_cli(
         "classify", CASES["striped_nodata"], "--out", out, "--stride", "75", "--resume"
     )
     assert_one_line_error(result, "other inputs or options", "without --resume")
+
+
+def test_patch_dataset_is_lazy_and_matches_the_geotiff(tmp_path: Path, run_cli) -> None:
+    import rsscgeo
+
+    scene = CASES["striped_nodata"]
+    data = rsscgeo.patch_dataset([scene], load_model(BUNDLED_MODEL), stride=75, chunk_patches=4)
+    assert data.probability.chunks is not None  # dask-backed until computed
+    assert data.sizes["class"] == 30 and data.attrs["crs"]
+    out = tmp_path / "o.tif"
+    assert run_cli("classify", scene, "--out", out, "--stride", "75").exit_code == 0
+    with rasterio.open(out) as src:
+        classes, transform = src.read(1), src.transform
+    computed = data.compute()
+    np.testing.assert_array_equal(np.where(computed.class_id < 0, 255, computed.class_id), classes)
+    assert tuple(transform.to_gdal()) == pytest.approx(computed.attrs["transform"])
+    done = computed.class_id >= 0
+    np.testing.assert_allclose(
+        computed.probability.where(done).sum("class").values[done.values], 1, atol=1e-4
+    )
+    # Coordinates are patch centres: the first one is half a patch inside the scene's corner.
+    with rasterio.open(scene) as src:
+        assert computed.x.values[0] == pytest.approx(src.transform.c + 75 * src.transform.a)
+
+
+def test_device_without_gpu_is_a_clear_error(tmp_path: Path, run_cli) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = run_cli(
+        "classify", CASES["striped_nodata"], "--out", tmp_path / "o.tif", "--device", "cuda"
+    )
+    assert_one_line_error(result, "no CUDA GPU", "--device cpu")

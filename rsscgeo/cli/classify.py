@@ -54,6 +54,9 @@ def _bands(value: str | None) -> list[int] | None:
 @click.option(
     "--workers", type=click.IntRange(min=1), help="Parallel Dask tasks [default: all cores]."
 )
+@click.option(
+    "--device", default="auto", show_default=True, help="auto (GPU when present), cpu or cuda[:i]."
+)
 @click.option("--probabilities", is_flag=True, help="GeoTIFF: add one probability band per class.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option(
@@ -72,6 +75,7 @@ def classify(
     min_valid: float,
     batch_size: int,
     workers: int | None,
+    device: str,
     probabilities: bool,
     overwrite: bool,
     resume: bool,
@@ -98,6 +102,7 @@ def classify(
         min_valid=min_valid,
         batch_size=batch_size,
         workers=workers,
+        device=device,
         probabilities=probabilities,
         overwrite=overwrite,
         resume=resume,

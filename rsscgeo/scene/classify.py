@@ -8,7 +8,6 @@ stays bounded by a few chunks, however large the scene.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections import Counter
@@ -27,13 +26,12 @@ from rsscgeo.modelfile import LoadedModel
 from rsscgeo.scene.grid import Chunk, PatchGrid
 from rsscgeo.scene.inference import ChunkResult, Scaling, classify_chunk
 from rsscgeo.scene.journal import Journal, fingerprint, journal_dir
-from rsscgeo.scene.reader import SceneInfo, SceneReader, inspect_scenes
+from rsscgeo.scene.plan import plan_scene, resolve_device
+from rsscgeo.scene.reader import SceneReader
 from rsscgeo.scene.writers import GeoPackageWriter, GeoTiffWriter
 
 # Chunks are about this many pixels on a side: large reads, a few hundred patches each.
 CHUNK_PIXELS = 2048
-# Scenes finer than the model's GSD by more than this factor are read decimated.
-GSD_TOLERANCE = 1.5
 
 
 @dataclass
@@ -62,6 +60,7 @@ def classify_scene(
     min_valid: float = 0.5,
     batch_size: int = 64,
     workers: int | None = None,
+    device: str = "auto",
     probabilities: bool = False,
     overwrite: bool = False,
     resume: bool = False,
@@ -84,25 +83,23 @@ def classify_scene(
     for path in outputs:
         _check_output(path, overwrite)
     card = loaded.card
-    info = inspect_scenes(scenes)
-    band_indexes = _band_indexes(info, bands, len(card.bands))
-    notes = [f"{p} is in another CRS and is reprojected to {info.crs}" for p in info.reprojected]
-    resolution, gsd_note = _reading_resolution(info, card.gsd, gsd)
-    notes.append(gsd_note)
-    reader = SceneReader(info.paths, tuple(band_indexes), resolution)
-    grid = reader.grid(patch_size or card.patch_size, stride or patch_size or card.patch_size)
-    scaling, scale_note = _scaling(reader, grid, info, card.input_scale, len(band_indexes))
-    notes.append(scale_note)
-    for note in notes:
-        say(note)
-
+    plan = plan_scene(
+        scenes, loaded, patch_size=patch_size, stride=stride, bands=bands, gsd=gsd, say=say
+    )
+    grid, scaling, notes = plan.grid, plan.scaling, plan.notes
+    target = resolve_device(device)
+    if target.type == "cuda":
+        # One model on the GPU serves every task; threads only overlap reading with it.
+        loaded = LoadedModel(loaded.model.to(target).to(memory_format=torch.channels_last), card)
+    notes.append(f"running the model on {target}")
+    say(notes[-1])
     workers = workers or os.cpu_count() or 1
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     options = {
         "patch": grid.patch,
         "stride": grid.stride,
-        "bands": band_indexes,
-        "resolution": list(resolution),
+        "bands": list(plan.band_indexes),
+        "resolution": list(plan.reader.resolution),
         "min_valid": min_valid,
         "scaling": [scaling.low, scaling.high],
     }
@@ -123,7 +120,7 @@ def classify_scene(
             total=grid.rows * grid.cols, unit="patch", desc="classifying", disable=not progress
         )
         with bar:
-            work = _Work(reader, grid, loaded, scaling, min_valid, batch_size)
+            work = ChunkTask(plan.reader, grid, loaded, scaling, min_valid, batch_size)
             for result in _run(chunks, work, journal, workers):
                 for writer in writers:
                     writer.write(result)
@@ -141,7 +138,7 @@ def classify_scene(
 
 
 @dataclass(frozen=True)
-class _Work:
+class ChunkTask:
     """Everything one chunk task needs; the task itself is ``__call__``."""
 
     reader: SceneReader
@@ -152,6 +149,7 @@ class _Work:
     batch_size: int
 
     def __call__(self, chunk: Chunk) -> ChunkResult:
+        """Read, cut and classify one chunk."""
         values, valid = self.reader.read(self.grid, chunk)
         return classify_chunk(
             self.loaded,
@@ -165,7 +163,9 @@ class _Work:
         )
 
 
-def _run(chunks: list[Chunk], work: _Work, journal: Journal, workers: int) -> Iterator[ChunkResult]:
+def _run(
+    chunks: list[Chunk], work: ChunkTask, journal: Journal, workers: int
+) -> Iterator[ChunkResult]:
     """Chunk results in chunk order.
 
     Journaled chunks are read back; the rest are computed in waves of Dask tasks on
@@ -200,69 +200,3 @@ def _check_output(path: Path, overwrite: bool) -> None:
         raise SceneError(f"output folder {path.parent} does not exist; create it first.")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists; pass --overwrite to replace it.")
-
-
-def _band_indexes(info: SceneInfo, bands: list[int] | None, needed: int) -> list[int]:
-    chosen = bands or list(range(1, needed + 1))
-    if len(chosen) != needed:
-        raise SceneError(
-            f"the model needs {needed} bands, --bands gives {len(chosen)}; pass {needed} "
-            "band numbers, e.g. --bands 1,2,3."
-        )
-    if info.band_count < needed and bands is None:
-        raise SceneError(
-            f"{info.paths[0]} has {info.band_count} band(s), the model needs {needed}; "
-            "pass --bands to choose them or use a scene with the model's bands."
-        )
-    bad = [b for b in chosen if not 1 <= b <= info.band_count]
-    if bad:
-        raise SceneError(
-            f"--bands {bad[0]} does not exist in {info.paths[0]} (bands 1-{info.band_count})."
-        )
-    return chosen
-
-
-def _reading_resolution(
-    info: SceneInfo, card_gsd: float | None, gsd: float | None
-) -> tuple[tuple[float, float], str]:
-    resolution = info.resolution
-    native = max(resolution)
-    if gsd is not None:
-        return (gsd, gsd), f"reading at --gsd {gsd:g} (scene: {native:g} per pixel)"
-    if card_gsd is None or info.crs.is_geographic:
-        return resolution, f"reading at the scene's native resolution ({native:g} per pixel)"
-    if native * GSD_TOLERANCE < card_gsd:
-        return (card_gsd, card_gsd), (
-            f"scene is {native:g} m/px, finer than the model's {card_gsd:g} m/px: "
-            f"reading decimated to {card_gsd:g} m/px so patches cover the trained ground area"
-        )
-    if native > card_gsd * GSD_TOLERANCE:
-        return resolution, (
-            f"warning: scene is {native:g} m/px, coarser than the {card_gsd:g} m/px the model "
-            "was trained on; classifying at native resolution, expect lower accuracy"
-        )
-    return resolution, f"reading at the scene's native resolution ({native:g} m/px)"
-
-
-def _scaling(
-    reader: SceneReader, grid: PatchGrid, info: SceneInfo, input_scale: float, bands: int
-) -> tuple[Scaling, str]:
-    if info.dtype == "uint8":
-        return Scaling.divide_by(
-            input_scale, bands
-        ), f"8-bit scene: values divided by {input_scale:g}"
-    factor = _decimation(grid)
-    coarse_res = (reader.resolution[0] * factor, reader.resolution[1] * factor)
-    overview = SceneReader(reader.paths, reader.band_indexes, coarse_res)
-    coarse = overview.grid(1, 1)
-    values, valid = overview.read(coarse, Chunk(0, 0, 0, coarse.rows, coarse.cols))
-    scaling = Scaling.percentile_stretch(values, valid)
-    ranges = ", ".join(f"{lo:g}-{hi:g}" for lo, hi in zip(scaling.low, scaling.high, strict=True))
-    return (
-        scaling,
-        f"{info.dtype} scene: bands stretched from their 2-98th percentiles ({ranges}) to 0-1",
-    )
-
-
-def _decimation(grid: PatchGrid) -> float:
-    return max(1.0, math.ceil(max(grid.width, grid.height) / 1024))

@@ -30,8 +30,9 @@ class Scaling:
 
     def apply(self, values: torch.Tensor) -> torch.Tensor:
         """Scale bands (dimension 1 of an N x C x H x W tensor), clipped to 0..1."""
-        low = torch.tensor(self.low).view(1, -1, 1, 1)
-        span = (torch.tensor(self.high) - torch.tensor(self.low)).clamp(min=1e-6).view(1, -1, 1, 1)
+        low = torch.tensor(self.low, device=values.device).view(1, -1, 1, 1)
+        high = torch.tensor(self.high, device=values.device).view(1, -1, 1, 1)
+        span = (high - low).clamp(min=1e-6)
         return ((values - low) / span).clamp(0, 1)
 
     @classmethod
@@ -77,15 +78,23 @@ def cut_patches(
 def classify_patches(
     loaded: LoadedModel, patches: torch.Tensor, scaling: Scaling, batch_size: int
 ) -> torch.Tensor:
-    """Class probabilities (softmax, or sigmoid for multilabel) of raw patches."""
+    """Class probabilities (softmax, or sigmoid for multilabel) of raw patches.
+
+    On a GPU the patches are scaled and normalised there, in channels-last layout, and
+    the model runs under fp16 autocast.
+    """
     card = loaded.card
     transform = card_transform(card)
     device = next(loaded.model.parameters()).device
+    on_gpu = device.type == "cuda"
     outputs = []
     for start in range(0, len(patches), batch_size):
-        batch = scaling.apply(patches[start : start + batch_size].float())
-        batch = transform(batch).to(device)
-        logits = loaded.model(batch).float()
+        batch = patches[start : start + batch_size].to(device, non_blocking=True).float()
+        batch = transform(scaling.apply(batch))
+        if on_gpu:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=on_gpu):
+            logits = loaded.model(batch).float()
         probs = logits.sigmoid() if card.task == "multilabel" else F.softmax(logits, dim=1)
         outputs.append(probs.cpu())
     return torch.cat(outputs) if outputs else torch.empty(0, card.num_classes)

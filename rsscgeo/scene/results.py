@@ -1,0 +1,88 @@
+"""Per-patch results as a lazy, dask-backed xarray Dataset on the patch grid.
+
+The same chunk tasks as ``classify_scene`` back a dask array each, so nothing is read
+or classified until the user computes (or saves) the variables they want.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.delayed import delayed
+
+from rsscgeo.modelfile import LoadedModel
+from rsscgeo.scene.classify import ChunkTask
+from rsscgeo.scene.plan import plan_scene
+
+
+def patch_dataset(
+    scenes: list[Path],
+    loaded: LoadedModel,
+    *,
+    patch_size: int | None = None,
+    stride: int | None = None,
+    bands: list[int] | None = None,
+    gsd: float | None = None,
+    min_valid: float = 0.5,
+    batch_size: int = 64,
+    chunk_patches: int = 13,
+) -> xr.Dataset:
+    """The scene's per-patch classification as an xarray Dataset (computed lazily).
+
+    Variables on dimensions ``y``, ``x`` (patch centres in the scene's CRS) and
+    ``class``: ``probability`` (NaN for skipped patches), ``class_id`` (-1 when
+    skipped), ``score`` and ``valid_fraction``. Attributes ``crs`` (WKT) and
+    ``transform`` (GDAL order) describe the patch grid.
+
+    Raises:
+        SceneError: If the scene cannot be used with this model.
+    """
+    card = loaded.card
+    plan = plan_scene(scenes, loaded, patch_size=patch_size, stride=stride, bands=bands, gsd=gsd)
+    grid = plan.grid
+    work = ChunkTask(plan.reader, grid, loaded, plan.scaling, min_valid, batch_size)
+    prob_rows: list[list[da.Array]] = [[] for _ in range(0, grid.rows, chunk_patches)]
+    valid_rows: list[list[da.Array]] = [[] for _ in range(0, grid.rows, chunk_patches)]
+    for chunk in grid.chunks(chunk_patches):
+        result = delayed(work)(chunk)
+        shape = (chunk.nrows, chunk.ncols)
+        row = chunk.row // chunk_patches
+        prob_rows[row].append(_lazy(result.probabilities, (*shape, card.num_classes)))
+        valid_rows[row].append(_lazy(result.valid_fraction, shape))
+    probability = _mosaic(prob_rows)
+    valid = _mosaic(valid_rows)
+    transform = grid.output_transform
+    half = grid.patch / 2
+    xs = [grid.transform.c + (c * grid.stride + half) * grid.transform.a for c in range(grid.cols)]
+    ys = [grid.transform.f + (r * grid.stride + half) * grid.transform.e for r in range(grid.rows)]
+    data = xr.Dataset(
+        {
+            "probability": (("y", "x", "class"), probability),
+            "valid_fraction": (("y", "x"), valid),
+        },
+        coords={"y": ys, "x": xs, "class": card.class_names},
+        attrs={
+            "crs": grid.crs.to_wkt(),
+            "transform": transform.to_gdal(),
+            "patch_size": grid.patch,
+        },
+    )
+    classified = ~data.probability.isnull().any("class")
+    data["class_id"] = (
+        data.probability.fillna(-1).argmax("class").where(classified, -1).astype(np.int32)
+    )
+    data["score"] = data.probability.max("class")
+    return data
+
+
+def _lazy(value: object, shape: tuple[int, ...]) -> da.Array:
+    return da.from_delayed(value, shape, np.float32)  # type: ignore[no-untyped-call,no-any-return]
+
+
+def _mosaic(blocks: list[list[da.Array]]) -> da.Array:
+    """Blocks laid out like the chunks: rows of chunks along y, chunks along x."""
+    rows = [da.concatenate(row, axis=1) for row in blocks]  # type: ignore[no-untyped-call]
+    return da.concatenate(rows, axis=0)  # type: ignore[no-untyped-call,no-any-return]

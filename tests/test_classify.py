@@ -269,3 +269,64 @@ def test_device_without_gpu_is_a_clear_error(tmp_path: Path, run_cli) -> None:
         "classify", CASES["striped_nodata"], "--out", tmp_path / "o.tif", "--device", "cuda"
     )
     assert_one_line_error(result, "no CUDA GPU", "--device cpu")
+
+
+def _write_part(src: rasterio.DatasetReader, path: Path, window, crs: str | None = None) -> Path:
+    """Write a window of ``src`` to ``path``, warped to ``crs`` when given."""
+    from rasterio.vrt import WarpedVRT
+
+    profile = src.profile | {
+        "width": int(window.width),
+        "height": int(window.height),
+        "transform": src.window_transform(window),
+        "driver": "GTiff",
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(src.read(window=window))
+    if crs is not None:
+        with rasterio.open(path) as part, WarpedVRT(part, crs=crs) as vrt:
+            warped = vrt.read()
+            profile = part.profile | {
+                "crs": crs,
+                "transform": vrt.transform,
+                "width": vrt.width,
+                "height": vrt.height,
+            }
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(warped)
+    return path
+
+
+def test_mosaic_of_files_in_two_crs(tmp_path: Path, run_cli) -> None:
+    from rasterio.windows import Window
+
+    with rasterio.open(CASES["naip_rgbn"]) as src:
+        left = _write_part(src, tmp_path / "left.tif", Window(0, 0, 480, src.height))
+        right = _write_part(
+            src, tmp_path / "right.tif", Window(450, 0, src.width - 450, src.height), "EPSG:3857"
+        )
+        scene_crs = src.crs
+    out = tmp_path / "mosaic.gpkg"
+    result = run_cli("classify", left, right, "--out", out, "--bands", "1,2,3")
+    assert result.exit_code == 0, result.output
+    assert "right.tif is in another CRS and is reprojected" in result.output
+    frame = gpd.read_file(out, layer="mosaic")
+    assert frame.crs == scene_crs
+    assert frame["col"].max() >= 5  # patches beyond the left file's 480 px come from the right one
+
+
+def test_files_that_do_not_overlap_and_tiny_scenes(tmp_path: Path, run_cli) -> None:
+    from rasterio.windows import Window
+
+    with rasterio.open(CASES["naip_rgbn"]) as src:
+        a = _write_part(src, tmp_path / "a.tif", Window(0, 0, 200, 200))
+        b = _write_part(src, tmp_path / "b.tif", Window(600, 400, 200, 200))
+        tiny = _write_part(src, tmp_path / "tiny.tif", Window(300, 300, 40, 40))
+    out = tmp_path / "o.gpkg"
+    assert_one_line_error(run_cli("classify", a, b, "--out", out), "a.tif", "does not overlap")
+    assert not out.exists()
+    result = run_cli("classify", tiny, "--out", out)
+    assert result.exit_code == 0 and "smaller than one patch" in result.output
+    result = run_cli("classify", tiny, "--out", out, "--overwrite", "--min-valid", "0.05")
+    assert result.exit_code == 0
+    assert len(gpd.read_file(out, layer="o")) == 1  # one padded patch covers the whole scene

@@ -116,6 +116,12 @@ def classify(
         f"{summary.classified} patches classified, {summary.skipped} skipped (below --min-valid) "
         f"on a {grid} grid in {summary.seconds:.1f} s ({rate:.1f} patches/s)"
     )
+    if summary.classified == 0:
+        click.echo(
+            f"warning: no patch reached --min-valid {min_valid:g} (is the scene all nodata, or "
+            "smaller than one patch? lower --min-valid or --patch-size)",
+            err=True,
+        )
     top = ", ".join(f"{name} {n}" for name, n in summary.per_class.most_common(8))
     if top:
         click.echo(f"most frequent classes: {top}")

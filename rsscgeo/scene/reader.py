@@ -14,9 +14,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import rasterio
+import shapely
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import RasterioError
+from rasterio.warp import transform_bounds
 
 from rsscgeo.errors import SceneError
 from rsscgeo.scene.grid import Chunk, PatchGrid
@@ -73,9 +75,27 @@ def inspect_scenes(paths: list[Path]) -> SceneInfo:
             )
         elif crs != first["crs"]:
             reprojected.append(path)
+    _check_overlap(paths, first["crs"])
     return SceneInfo(
         tuple(paths), first["crs"], first["res"], first["count"], first["dtype"], tuple(reprojected)
     )
+
+
+def _check_overlap(paths: list[Path], crs: CRS) -> None:
+    """Every file of a mosaic must overlap or touch another one (in the first CRS)."""
+    if len(paths) < 2:
+        return
+    boxes = []
+    for path in paths:
+        with rasterio.open(path) as src:
+            boxes.append(shapely.box(*transform_bounds(src.crs, crs, *src.bounds)))
+    for index, box in enumerate(boxes):
+        others = shapely.union_all([b for i, b in enumerate(boxes) if i != index])
+        if not box.intersects(others):
+            raise SceneError(
+                f"{paths[index]} does not overlap or touch the other scene files; "
+                "a mosaic needs files of one area (classify them separately)."
+            )
 
 
 @dataclass

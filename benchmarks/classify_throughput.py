@@ -355,8 +355,15 @@ def run_e2e_child(
     ]
     if args.workers:
         command.append(f"--workers={args.workers}")
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
+    for attempt in range(1, args.e2e_attempts + 1):
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode == 0:
+            break
+        # classify_scene's worker threads share one GDAL dataset handle, which is not
+        # thread-safe: reads fail now and then (decoding errors, even segfaults).
+        last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+        print(f"    ! end-to-end run failed (attempt {attempt}): {last[:160]}", flush=True)
+    else:
         raise RuntimeError(f"end-to-end child failed:\n{result.stdout}\n{result.stderr}")
     lines = result.stdout.splitlines()
     marker = lines.index("@@json")
@@ -817,6 +824,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--tg-workers", type=int, default=cores, help="TorchGeo DataLoader num_workers"
+    )
+    parser.add_argument(
+        "--e2e-attempts", type=int, default=3, help="tries per end-to-end run (they can crash)"
     )
     parser.add_argument("--decode-repeats", type=int, default=2, help="best of N decode runs")
     parser.add_argument(

@@ -40,6 +40,8 @@ report = {
     "raster_wkt": raster.crs().toWkt(),
     "raster_renderer": raster.renderer().type() if raster.renderer() else None,
 }
+# The paletted renderer's class labels are what the QGIS legend shows.
+report["raster_labels"] = [c.label for c in raster.renderer().classes()]
 settings = QgsMapSettings()
 settings.setLayers([vector, raster])
 settings.setDestinationCrs(vector.crs())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import geopandas as gpd
@@ -70,8 +71,10 @@ def test_outputs_are_georeferenced_and_consistent(tmp_path: Path, run_cli, card,
     assert styles[0][2].count("<category ") == card.num_classes
     assert gpkg.with_suffix(".qml").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [gpkg.name, tif.name, f"{name}.qml"]
+        [gpkg.name, tif.name, f"{name}.qml", f"{tif.name}.aux.xml"]
     )
+    category_names = ET.parse(f"{tif}.aux.xml").getroot().iterfind(".//Category")
+    assert [c.text for c in category_names] == card.class_names
 
 
 def test_polygons_tile_the_classified_area(tmp_path: Path, run_cli) -> None:
@@ -212,9 +215,11 @@ def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(
         "ref.gpkg",
         "ref.qml",
         "ref.tif",
+        "ref.tif.aux.xml",
         "run.gpkg",
         "run.qml",
         "run.tif",
+        "run.tif.aux.xml",
     ]
 
 

@@ -68,6 +68,7 @@ def test_outputs_open_styled_in_qgis(tmp_path: Path, run_cli, pyqgis: None, scen
     assert report["renderer"] == "categorizedSymbol"
     assert report["categories"] == load_model(BUNDLED_MODEL).card.class_names
     assert report["raster_renderer"] == "paletted"
+    assert report["raster_labels"][:30] == load_model(BUNDLED_MODEL).card.class_names
     assert report["features"] > 0
     assert report["png_saved"]
     # The rendered map shows each class present in the layer in its card colour.

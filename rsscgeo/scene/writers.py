@@ -7,6 +7,7 @@ in ``finish``; ``abort`` removes the temporary files, so a failed run leaves not
 from __future__ import annotations
 
 import os
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,7 @@ class GeoTiffWriter:
         )
         self.work.unlink()
         os.replace(self.tmp, self.path)
+        _write_category_names(self.path, self.card.class_names)
         return self.path
 
     def abort(self) -> None:
@@ -185,6 +187,23 @@ class GeoTiffWriter:
             self.dst.close()
         self.work.unlink(missing_ok=True)
         self.tmp.unlink(missing_ok=True)
+
+
+def _write_category_names(path: Path, names: list[str]) -> None:
+    """Write band 1's class names to GDAL's ``.aux.xml`` sidecar.
+
+    GeoTIFF has no internal place for category names; GDAL reads the sidecar and QGIS
+    shows the names in the legend.
+    """
+    root = ET.Element("PAMDataset")
+    band = ET.SubElement(root, "PAMRasterBand", band="1")
+    categories = ET.SubElement(band, "CategoryNames")
+    for name in names:
+        ET.SubElement(categories, "Category").text = name
+    sidecar = path.with_name(path.name + ".aux.xml")
+    tmp = sidecar.with_name(f".{sidecar.name}.part")
+    tmp.write_text(ET.tostring(root, encoding="unicode"))
+    os.replace(tmp, sidecar)
 
 
 def _rgb(color: str) -> tuple[int, int, int]:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from affine import Affine
-from rasterio.crs import CRS
 
 from rsscgeo.errors import SceneError
+
+if TYPE_CHECKING:  # only a field type; keeps the grid importable without rasterio
+    from rasterio.crs import CRS
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ TARGETS = {
     "trivial e2e / decode": 0.8,
     "trivial e2e / torchgeo": 10.0,
     "bundled e2e / model-only": 0.95,
-    "peak RSS 32768^2 (GB)": 1.5,
+    "peak RSS 32768^2 (GB)": 1.5,  # 10^9 bytes
     "peak RSS 32768^2 / 8192^2": 1.25,
 }
 
@@ -273,7 +273,6 @@ def decode_bound(scene: Path, threads: int, window: int | None = None) -> tuple[
 # --------------------------------------------------------------------------- (2) model only
 
 
-@torch.inference_mode()
 def model_only(
     loaded: LoadedModel,
     batch_size: int,
@@ -304,7 +303,11 @@ def model_only(
     ]
 
     def run(index: int) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+        # Inference mode is per thread: enter it in the worker thread, as classify_patches does.
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"),
+        ):
             return F.softmax(loaded.model(batches[index % len(batches)]).float(), dim=1).cpu()
 
     try:
@@ -355,19 +358,8 @@ def run_e2e_child(
     ]
     if args.workers:
         command.append(f"--workers={args.workers}")
-    # classify_scene's worker threads share one GDAL dataset handle, which is not
-    # thread-safe: reads fail now and then (decoding errors, even segfaults). After
-    # --e2e-attempts failures, one more run patches in per-thread handles.
-    attempts = [command] * args.e2e_attempts
-    if args.e2e_fallback:
-        attempts.append([*command, "--thread-safe-reads"])
-    for attempt, argv in enumerate(attempts, start=1):
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)
-        if result.returncode == 0:
-            break
-        last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
-        print(f"    ! end-to-end run failed (attempt {attempt}): {last[:150]}", flush=True)
-    else:
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
         raise RuntimeError(f"end-to-end child failed:\n{result.stdout}\n{result.stderr}")
     lines = result.stdout.splitlines()
     marker = lines.index("@@json")
@@ -462,7 +454,7 @@ def _instrument(loaded: LoadedModel) -> tuple[LoadedModel, _Stages]:
 
 
 def _peak_rss_mb() -> float:
-    """This process's peak resident set size in MB (2^20 bytes).
+    """This process's peak resident set size in MiB.
 
     Read from ``VmHWM``, which starts afresh at ``exec``; ``getrusage``'s ``ru_maxrss``
     (self or children) keeps the forking parent's RSS across ``exec``, so a child forked
@@ -472,28 +464,6 @@ def _peak_rss_mb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
-
-
-def _thread_safe_reads() -> None:
-    """Give every worker thread its own GDAL handle (the benchmark's fallback patch).
-
-    ``MosaicDataset`` inherits TorchGeo's per-dataset handle cache, so all of
-    ``classify_scene``'s Dask threads read through one GDAL dataset, which is not
-    thread-safe. This keeps the caching but per thread; nothing else changes.
-    """
-    import rsscgeo._torchgeo as tg
-
-    local = threading.local()
-    load = tg.MosaicDataset._load_warp_file
-
-    def per_thread(self: Any, filepath: Any) -> Any:
-        handles: dict[tuple[int, Any], Any] = local.__dict__.setdefault("handles", {})
-        key = (id(self), filepath)
-        if key not in handles:
-            handles[key] = load(self, filepath)
-        return handles[key]
-
-    tg.MosaicDataset._cached_load_warp_file = per_thread  # type: ignore[method-assign,assignment]
 
 
 def e2e_child(argv: Sequence[str]) -> None:
@@ -511,11 +481,8 @@ def e2e_child(argv: Sequence[str]) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--mode", choices=("time", "stages", "cprofile"), default="time")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--thread-safe-reads", action="store_true")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
-    if args.thread_safe_reads:
-        _thread_safe_reads()
 
     import rsscgeo._torchgeo  # noqa: F401  (imported lazily by the reader: keep it out of the timing)
     import rsscgeo.scene.classify as classify
@@ -567,6 +534,14 @@ def e2e_child(argv: Sequence[str]) -> None:
         )
         for name, total in sorted(stages.seconds.items(), key=lambda kv: -kv[1]):
             print(f"  {name:<40} {total:>8.2f} s  {stages.calls[name]:>6d} calls")
+        busy = stages.seconds.get("SceneReader.read", 0.0) + stages.seconds.get(
+            "classify_chunk", 0.0
+        )
+        idle = summary.seconds * used - busy
+        print(
+            f"  {'idle worker time (waves, imbalance)':<40} {idle:>8.2f} s  "
+            f"({100 * idle / (summary.seconds * used):.0f} % of the thread-s)"
+        )
     if profiler is not None:
         text = io.StringIO()
         stats = pstats.Stats(profiler, stream=text)
@@ -585,7 +560,6 @@ def e2e_child(argv: Sequence[str]) -> None:
                 "patches": summary.grid.rows * summary.grid.cols,
                 "baseline_rss_mb": baseline_mb,
                 "peak_rss_mb": peak_mb,
-                "thread_safe_patch": args.thread_safe_reads,
                 "torch_threads": torch.get_num_threads(),
             }
         )
@@ -721,9 +695,8 @@ def measure(args: argparse.Namespace, workdir: Path, results: Results) -> None:
                 report["patches"],
                 report["seconds"],
                 pixels,
-                f"loop {report['loop_seconds']:.2f} s; peak RSS {report['peak_rss_mb']:.0f} MB "
-                f"(after imports+model {report['baseline_rss_mb']:.0f} MB)"
-                + ("; PATCHED per-thread handles" if report["thread_safe_patch"] else ""),
+                f"loop {report['loop_seconds']:.2f} s; peak RSS {report['peak_rss_mb']:.0f} MiB "
+                f"(after imports+model {report['baseline_rss_mb']:.0f} MiB)",
             )
             results.add(figure)
             results.rss[f"{model} {args.size}^2"] = report
@@ -780,9 +753,8 @@ def rss_runs(args: argparse.Namespace, workdir: Path, scene: Path, results: Resu
         results.rss[key] = report
         print(
             f"  {size}^2: {report['patches']} patches in {report['seconds']:.1f} s; "
-            f"peak RSS {report['peak_rss_mb']:.0f} MB "
-            f"(after imports+model {report['baseline_rss_mb']:.0f} MB)"
-            + ("; PATCHED per-thread handles" if report["thread_safe_patch"] else ""),
+            f"peak RSS {report['peak_rss_mb']:.0f} MiB "
+            f"(after imports+model {report['baseline_rss_mb']:.0f} MiB)",
             flush=True,
         )
         if path != scene:
@@ -798,36 +770,31 @@ def report(args: argparse.Namespace, results: Results) -> None:
     """Print the ratios against the issue's targets."""
     print("\nratios (rates in patches/s; targets from the issue):")
 
-    def ratio(model: str, num: str, den: str, target_key: str) -> None:
+    def ratio(model: str, num: str, den: str, target_key: str | None = None) -> None:
         a, b = results.get(model, num), results.get(model, den)
         if a is None or b is None:
             return
         value = a.patches_per_second / b.patches_per_second
+        label = target_key or f"{model} {num} / {den}"
+        verdict = _verdict(value, TARGETS[target_key]) if target_key else "(no target)"
         print(
-            f"  {target_key:<28} {a.patches_per_second:>9.1f} / {b.patches_per_second:<9.1f}"
-            f" = {value:6.2f}x  {_verdict(value, TARGETS[target_key])}"
+            f"  {label:<28} {a.patches_per_second:>9.1f} / {b.patches_per_second:<9.1f}"
+            f" = {value:6.2f}x  {verdict}"
         )
 
     ratio("trivial", "e2e", "decode", "trivial e2e / decode")
     ratio("trivial", "e2e", "torchgeo", "trivial e2e / torchgeo")
     ratio("bundled", "e2e", "model", "bundled e2e / model-only")
-    for model in args.models:
-        extra = [("e2e", "decode"), ("e2e", "torchgeo")] if model == "bundled" else []
-        extra += [("e2e", "model")] if model == "trivial" else []
-        for num, den in extra:
-            a, b = results.get(model, num), results.get(model, den)
-            if a is not None and b is not None:
-                value = a.patches_per_second / b.patches_per_second
-                print(f"  {model} {num} / {den:<19} {value:31.2f}x  (no target)")
+    ratio("bundled", "e2e", "torchgeo")
     peaks = {k: v["peak_rss_mb"] for k, v in results.rss.items()}
     if peaks:
-        print("peak RSS of the end-to-end subprocess (imports, model and run):")
+        print("peak RSS (VmHWM) of the end-to-end subprocess (imports, model and run):")
         for key, mb in peaks.items():
-            print(f"  {key:<20} {mb:8.0f} MB")
+            print(f"  {key:<20} {mb:8.0f} MiB")
     big = peaks.get(f"{args.rss_model} 32768^2")
     small = peaks.get(f"{args.rss_model} 8192^2")
     if big is not None:
-        gb = big / 1000
+        gb = big * 2**20 / 1e9
         verdict = _verdict(gb, TARGETS["peak RSS 32768^2 (GB)"], higher=False)
         print(f"  peak RSS 32768^2 {gb:.2f} GB: {verdict}")
         if small is not None:
@@ -869,18 +836,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--tg-workers", type=int, default=cores, help="TorchGeo DataLoader num_workers"
-    )
-    parser.add_argument(
-        "--e2e-attempts",
-        type=int,
-        default=2,
-        help="plain tries per end-to-end run (they can crash)",
-    )
-    parser.add_argument(
-        "--no-e2e-fallback",
-        dest="e2e_fallback",
-        action="store_false",
-        help="do not retry a failing end-to-end run with per-thread GDAL handles patched in",
     )
     parser.add_argument("--decode-repeats", type=int, default=2, help="best of N decode runs")
     parser.add_argument(

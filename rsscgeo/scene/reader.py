@@ -7,6 +7,7 @@ with a validity mask (nodata, masks and alpha bands respected).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,11 @@ class SceneReader:
     paths: tuple[Path, ...]
     band_indexes: tuple[int, ...]
     resolution: tuple[float, float]
-    _dataset: Any = field(default=None, init=False, repr=False, compare=False)
+    # GDAL file handles are not thread-safe: every thread gets its own dataset (and so
+    # its own cached handles); sharing one gave decode errors and wrong pixels.
+    _local: threading.local = field(
+        default_factory=threading.local, init=False, repr=False, compare=False
+    )
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -125,12 +130,14 @@ class SceneReader:
 
     @property
     def dataset(self) -> Any:
-        """The TorchGeo mosaic, opened once per process."""
-        if self._dataset is None:
+        """The TorchGeo mosaic, opened once per thread."""
+        dataset = getattr(self._local, "dataset", None)
+        if dataset is None:
             from rsscgeo._torchgeo import MosaicDataset
 
-            self._dataset = MosaicDataset(list(self.paths), self.band_indexes, self.resolution)
-        return self._dataset
+            dataset = MosaicDataset(list(self.paths), self.band_indexes, self.resolution)
+            self._local.dataset = dataset
+        return dataset
 
     def grid(self, patch: int, stride: int) -> PatchGrid:
         """The patch grid on the mosaic's pixel grid at the reading resolution."""

@@ -198,7 +198,7 @@ def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(
     assert not tif.exists() and not gpkg.exists()
     journal = tmp_path / ".run.gpkg.journal"  # beside the first output
     finished = {int(p.name.split("-")[1]) for p in journal.glob("chunk-*.npz")}
-    assert finished == {0, 1}
+    assert finished == set(calls[:2])  # the two chunks that ran before the failure
 
     calls.clear()
     monkeypatch.setattr(engine.ChunkTask, "__call__", counted)

@@ -9,6 +9,7 @@ stays bounded by a few chunks, however large the scene.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -30,6 +31,8 @@ from rsscgeo.scene.plan import plan_scene, resolve_device
 from rsscgeo.scene.reader import SceneReader
 from rsscgeo.scene.writers import GeoPackageWriter, GeoTiffWriter
 
+# Chunk tasks per Dask compute call, per worker thread (see _run).
+WAVE_PER_WORKER = 8
 # Chunks are about this many pixels on a side: large reads, a few hundred patches each.
 CHUNK_PIXELS = 2048
 
@@ -121,11 +124,16 @@ def classify_scene(
         )
         with bar:
             work = ChunkTask(plan.reader, grid, loaded, scaling, min_valid, batch_size)
-            for result in _run(chunks, work, journal, workers):
+            lock = threading.Lock()
+
+            def tick(patches: int) -> None:
+                with lock:
+                    bar.update(patches)
+
+            for result in _run(chunks, work, journal, workers, tick):
                 for writer in writers:
                     writer.write(result)
                 _count(summary, result, card.class_names)
-                bar.update(result.chunk.nrows * result.chunk.ncols)
         for writer in writers:
             writer.finish()
     except BaseException:
@@ -164,20 +172,35 @@ class ChunkTask:
 
 
 def _run(
-    chunks: list[Chunk], work: ChunkTask, journal: Journal, workers: int
+    chunks: list[Chunk],
+    work: ChunkTask,
+    journal: Journal,
+    workers: int,
+    progress: Callable[[int], None],
 ) -> Iterator[ChunkResult]:
     """Chunk results in chunk order.
 
-    Journaled chunks are read back; the rest are computed in waves of Dask tasks on
-    ``workers`` threads and journaled as each wave finishes.
+    Journaled chunks are read back; the rest run as Dask tasks on ``workers`` threads,
+    each journaled and counted as soon as it finishes. Only ``workers`` tasks hold
+    pixels at a time and finished ones keep just their small per-patch arrays, so a
+    wave can be many chunks long, which keeps every thread busy until its end.
     """
-    wave = max(1, workers * 2)
+
+    def task(chunk: Chunk) -> ChunkResult:
+        result = work(chunk)
+        journal.save(result)
+        progress(chunk.nrows * chunk.ncols)
+        return result
+
+    wave = max(1, workers * WAVE_PER_WORKER)
     for start in range(0, len(chunks), wave):
         batch = chunks[start : start + wave]
         done = {c.index: journal.load(c) for c in batch}
-        todo = [delayed(work)(c) for c in batch if done[c.index] is None]
+        for chunk in batch:
+            if done[chunk.index] is not None:
+                progress(chunk.nrows * chunk.ncols)
+        todo = [delayed(task)(c) for c in batch if done[c.index] is None]
         for result in compute(*todo, scheduler="threads", num_workers=workers):  # type: ignore[no-untyped-call]
-            journal.save(result)
             done[result.chunk.index] = result
         for chunk in batch:
             result = done[chunk.index]

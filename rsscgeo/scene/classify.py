@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from dask.base import compute
 from dask.delayed import delayed
@@ -209,11 +208,10 @@ def _run(
 
 
 def _count(summary: ClassifySummary, result: ChunkResult, names: list[str]) -> None:
-    probs = result.probabilities.reshape(-1, len(names))
-    done = ~np.isnan(probs[:, 0])
+    done = result.classified
     summary.classified += int(done.sum())
     summary.skipped += int((~done).sum())
-    summary.per_class.update(names[i] for i in probs[done].argmax(axis=1))
+    summary.per_class.update(names[i] for i in result.class_ids[done])
 
 
 def _check_output(path: Path, overwrite: bool) -> None:

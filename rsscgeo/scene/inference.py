@@ -58,6 +58,17 @@ class ChunkResult:
     probabilities: npt.NDArray[np.float32]  # nrows x ncols x classes, NaN where skipped
     valid_fraction: npt.NDArray[np.float32]  # nrows x ncols
 
+    @property
+    def classified(self) -> npt.NDArray[np.bool_]:
+        """Nrows x ncols: True where the patch was classified (not below --min-valid)."""
+        return ~np.isnan(self.probabilities[..., 0])
+
+    @property
+    def class_ids(self) -> npt.NDArray[np.intp]:
+        """Nrows x ncols: the most probable class, -1 where the patch was skipped."""
+        best = np.nan_to_num(self.probabilities).argmax(axis=-1)
+        return np.where(self.classified, best, -1)
+
 
 def cut_patches(
     values: npt.NDArray[np.float32], valid: npt.NDArray[np.bool_], grid: PatchGrid, chunk: Chunk

@@ -83,7 +83,7 @@ class GeoPackageWriter:
         probs = result.probabilities.reshape(-1, self.card.num_classes)
         rows, cols = np.divmod(np.arange(len(probs)), chunk.ncols)
         rows, cols = rows + chunk.row, cols + chunk.col
-        keep = ~np.isnan(probs[:, 0])
+        keep = result.classified.reshape(-1)
         probs, rows, cols = probs[keep], rows[keep], cols[keep]
         return self._assemble(probs, rows, cols, result.valid_fraction.reshape(-1)[keep])
 
@@ -157,13 +157,13 @@ class GeoTiffWriter:
     def write(self, result: ChunkResult) -> None:
         """Write the chunk's block of pixels."""
         chunk = result.chunk
-        probs = result.probabilities
-        skipped = np.isnan(probs[..., 0])
-        classes = np.where(skipped, CLASS_NODATA, np.nan_to_num(probs).argmax(axis=-1))
+        skipped = ~result.classified
+        classes = np.where(skipped, CLASS_NODATA, result.class_ids)
         window = Window(chunk.col, chunk.row, chunk.ncols, chunk.nrows)
         self.dst.write(classes.astype(self.dst.dtypes[0]), 1, window=window)
         if self.probabilities:
-            bands = np.where(skipped[..., None], CLASS_NODATA, probs).transpose(2, 0, 1)
+            bands = np.where(skipped[..., None], CLASS_NODATA, result.probabilities)
+            bands = bands.transpose(2, 0, 1)
             self.dst.write(bands.astype(np.float32), list(range(2, 2 + len(bands))), window=window)
 
     def finish(self) -> Path:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
+from affine import Affine
 from click.testing import CliRunner, Result
 from PIL import Image
 
@@ -77,6 +79,27 @@ def write_image() -> Callable[[Path, int], Path]:
         return path
 
     return make
+
+
+def write_raster(
+    path: Path, pixels: np.ndarray, crs: str | None, transform: Affine, **profile: object
+) -> Path:
+    """Write a bands x rows x cols array as a GeoTIFF (``profile``: extra creation options)."""
+    count, height, width = pixels.shape
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=count,
+        dtype=pixels.dtype.name,
+        crs=crs,
+        transform=transform,
+        **profile,
+    ) as dst:
+        dst.write(pixels)
+    return path
 
 
 @pytest.fixture

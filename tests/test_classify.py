@@ -13,7 +13,7 @@ import rasterio
 import shapely
 import torch
 from affine import Affine
-from conftest import SCENES, assert_one_line_error
+from conftest import SCENES, assert_one_line_error, write_raster
 from rasterio.transform import from_origin
 
 from rsscgeo import load_model
@@ -110,19 +110,8 @@ def test_one_and_two_workers_give_identical_outputs(tmp_path: Path, run_cli) -> 
 
 @pytest.fixture
 def no_crs(tmp_path: Path) -> Path:
-    path = tmp_path / "nocrs.tif"
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=64,
-        height=64,
-        count=3,
-        dtype="uint8",
-        transform=from_origin(0, 64, 1, 1),
-    ) as dst:
-        dst.write(np.zeros((3, 64, 64), np.uint8))
-    return path
+    pixels = np.zeros((3, 64, 64), np.uint8)
+    return write_raster(tmp_path / "nocrs.tif", pixels, None, from_origin(0, 64, 1, 1))
 
 
 def test_bad_input(tmp_path: Path, run_cli, no_crs: Path) -> None:
@@ -355,25 +344,17 @@ def test_parallel_reads_are_thread_safe(tmp_path: Path, monkeypatch: pytest.Monk
     import rsscgeo.scene.classify as engine
     from rsscgeo.modelfile import LoadedModel
 
-    scene = tmp_path / "scene.tif"
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 255, (3, 1536, 1536), dtype=np.uint8)
-    with rasterio.open(
-        scene,
-        "w",
-        driver="GTiff",
-        width=1536,
-        height=1536,
-        count=3,
-        dtype="uint8",
-        crs="EPSG:32633",
-        transform=from_origin(500000, 4200000, 2.0, 2.0),
+    pixels = np.random.default_rng(0).integers(0, 255, (3, 1536, 1536), dtype=np.uint8)
+    scene = write_raster(
+        tmp_path / "scene.tif",
+        pixels,
+        "EPSG:32633",
+        from_origin(500000, 4200000, 2.0, 2.0),
         tiled=True,
         blockxsize=256,
         blockysize=256,
         compress="deflate",
-    ) as dst:
-        dst.write(pixels)
+    )
     torch.manual_seed(0)
     loaded = LoadedModel(_MeanColour().eval(), load_model(BUNDLED_MODEL).card)
     monkeypatch.setattr(engine, "CHUNK_PIXELS", 300)  # 64 chunks of 2x2 patches

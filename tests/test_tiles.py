@@ -8,7 +8,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, write_raster
 from rasterio.transform import from_origin
 from shapely.geometry import box
 
@@ -19,21 +19,9 @@ ORIGIN_X, ORIGIN_Y, RES = 500000.0, 4200000.0, 2.0
 
 @pytest.fixture
 def scene(tmp_path: Path) -> Path:
-    path = tmp_path / "scene.tif"
-    rng = np.random.default_rng(1)
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=128,
-        height=96,
-        count=3,
-        dtype="uint8",
-        crs="EPSG:32633",
-        transform=from_origin(ORIGIN_X, ORIGIN_Y, RES, RES),
-    ) as dst:
-        dst.write(rng.integers(0, 255, (3, 96, 128), dtype=np.uint8))
-    return path
+    pixels = np.random.default_rng(1).integers(0, 255, (3, 96, 128), dtype=np.uint8)
+    transform = from_origin(ORIGIN_X, ORIGIN_Y, RES, RES)
+    return write_raster(tmp_path / "scene.tif", pixels, "EPSG:32633", transform)
 
 
 @pytest.fixture

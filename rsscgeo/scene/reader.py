@@ -47,12 +47,14 @@ def inspect_scenes(paths: list[Path]) -> SceneInfo:
         raise SceneError("no scene given; pass one or more GeoTIFF files.")
     first: dict[str, Any] = {}
     reprojected = []
+    footprints = []  # (CRS, bounds) of each file, for the overlap check
     for path in paths:
         if not path.is_file():
             raise SceneError(f"scene {path} does not exist; check the path.")
         try:
             with rasterio.open(path) as src:
                 crs, transform = src.crs, src.transform
+                footprints.append((crs, src.bounds))
                 meta = {"crs": crs, "res": src.res, "count": src.count, "dtype": src.dtypes[0]}
                 if src.width == 0 or src.height == 0:
                     raise SceneError(f"{path} has no pixels; pass a non-empty raster.")
@@ -76,20 +78,19 @@ def inspect_scenes(paths: list[Path]) -> SceneInfo:
             )
         elif crs != first["crs"]:
             reprojected.append(path)
-    _check_overlap(paths, first["crs"])
+    _check_overlap(paths, footprints, first["crs"])
     return SceneInfo(
         tuple(paths), first["crs"], first["res"], first["count"], first["dtype"], tuple(reprojected)
     )
 
 
-def _check_overlap(paths: list[Path], crs: CRS) -> None:
+def _check_overlap(paths: list[Path], footprints: list[tuple[CRS, Any]], crs: CRS) -> None:
     """Every file of a mosaic must overlap or touch another one (in the first CRS)."""
     if len(paths) < 2:
         return
-    boxes = []
-    for path in paths:
-        with rasterio.open(path) as src:
-            boxes.append(shapely.box(*transform_bounds(src.crs, crs, *src.bounds)))
+    boxes = [
+        shapely.box(*transform_bounds(src_crs, crs, *bounds)) for src_crs, bounds in footprints
+    ]
     for index, box in enumerate(boxes):
         others = shapely.union_all([b for i, b in enumerate(boxes) if i != index])
         if not box.intersects(others):

@@ -4,7 +4,8 @@ Writes one synthetic RGB uint8 scene (tiled 256x256, deflate, EPSG:32633, 2 m pi
 the bundled model reads it at native resolution; smooth multi-octave noise plus pixel
 noise, so it compresses like imagery rather than like a constant) into a temporary
 folder, then measures, for the bundled EfficientNet-Lite0 model and for a trivial model
-(global average pool + linear, 30 outputs; it makes the run I/O-bound):
+(global average pool + linear, 30 outputs, on the patch as read without the bundled
+card's resize; it makes the run I/O-bound):
 
 1. decode bound: rasterio reads the whole raster block by block on all cores
    (a thread pool over the 256x256 blocks, one dataset handle per thread);
@@ -59,7 +60,7 @@ import torch.nn.functional as F
 from affine import Affine
 from rasterio.windows import Window
 
-from rsscgeo.modelfile import BUNDLED_MODEL, LoadedModel, ModelCard, load_model, read_card
+from rsscgeo.modelfile import BUNDLED_MODEL, LoadedModel, load_model, read_card
 
 PIXEL_SIZE = 2.0
 CRS = "EPSG:32633"
@@ -165,11 +166,14 @@ def get_model(name: str) -> LoadedModel:
     """The bundled model file, or the trivial network with the bundled model's card.
 
     ``load_model`` builds timm architectures only, so the trivial network is wrapped in a
-    ``LoadedModel`` directly (``classify_scene`` takes one).
+    ``LoadedModel`` directly (``classify_scene`` takes one). Its card takes the patch as
+    read (no 150 -> 176 px resize): the resize is model compute, and this model is meant
+    to leave only reading, cutting and batching.
     """
     if name == "bundled":
         return load_model(BUNDLED_MODEL)
     card = read_card(BUNDLED_MODEL)
+    card = card.model_copy(update={"eval_resize": card.patch_size, "eval_crop": None})
     torch.manual_seed(0)
     return LoadedModel(
         model=TrivialNet(len(card.bands), card.num_classes).eval(),
@@ -297,8 +301,12 @@ def model_only(
     device = next(loaded.model.parameters()).device
     size = card.input_size
     generator = torch.Generator().manual_seed(0)
+    # Channels-last model and batches: the fastest layout, and the one classify_scene uses.
+    loaded.model.to(memory_format=torch.channels_last)
     batches = [
-        torch.randn(batch_size, len(card.bands), size, size, generator=generator).to(device)
+        torch.randn(batch_size, len(card.bands), size, size, generator=generator)
+        .to(device)
+        .contiguous(memory_format=torch.channels_last)
         for _ in range(2)
     ]
 
@@ -432,15 +440,9 @@ def _instrument(loaded: LoadedModel) -> tuple[LoadedModel, _Stages]:
         "SceneReader.read", reader.SceneReader.read
     )
     inference.cut_patches = stages.wrap(" cut_patches", inference.cut_patches)
-    inference.Scaling.apply = stages.wrap(  # type: ignore[method-assign]
-        " Scaling.apply", inference.Scaling.apply
+    inference.Preprocess.__call__ = stages.wrap(  # type: ignore[method-assign]
+        " Preprocess (scale+normalise+resize)", inference.Preprocess.__call__
     )
-    make_transform = inference.card_transform
-
-    def card_transform(card: ModelCard) -> Callable[[torch.Tensor], torch.Tensor]:
-        return stages.wrap(" card_transform (resize+normalise)", make_transform(card))
-
-    inference.card_transform = card_transform  # type: ignore[assignment]
     classify.classify_chunk = stages.wrap("classify_chunk", classify.classify_chunk)
     writers.GeoTiffWriter.write = stages.wrap(  # type: ignore[method-assign]
         "GeoTiffWriter.write", writers.GeoTiffWriter.write

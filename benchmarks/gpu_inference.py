@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from rsscgeo.modelfile import BUNDLED_MODEL, LoadedModel, load_model
-from rsscgeo.scene.inference import Scaling, classify_patches
+from rsscgeo.scene.inference import Preprocess, Scaling, classify_patches
 
 SCENE = Path(__file__).resolve().parents[1] / "examples" / "scenes" / "naip_2020_rgbn.tif"
 
@@ -42,9 +42,12 @@ def write_patches(path: Path, patch: int = 150) -> None:
 
 def check(path: Path, batch_size: int, repeats: int) -> None:
     """Compare CPU and GPU probabilities and time the GPU."""
-    patches = torch.from_numpy(np.load(path)).float()
+    patches = torch.from_numpy(np.load(path))  # uint8, as classify_scene passes them
     cpu = load_model(BUNDLED_MODEL)
-    scaling = Scaling.divide_by(cpu.card.input_scale, 3)
+    cpu.model.to(memory_format=torch.channels_last)
+    scaling = Preprocess.build(
+        cpu.card, Scaling.divide_by(cpu.card.input_scale, 3), torch.uint8, channels_last=True
+    )
     expected = classify_patches(cpu, patches, scaling, batch_size)
     gpu_model = load_model(BUNDLED_MODEL).model.cuda().to(memory_format=torch.channels_last)
     gpu = LoadedModel(gpu_model, cpu.card)

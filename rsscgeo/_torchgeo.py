@@ -8,14 +8,17 @@ module.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import rasterio.merge
 import torch
+from rasterio.enums import MaskFlags, Resampling
 from torchgeo.datasets import RasterDataset
 from torchgeo.trainers import ClassificationTask
+
+from rsscgeo._buffers import thread_buffer
 
 __all__ = ["ClassificationTask", "MosaicDataset"]
 
@@ -26,30 +29,121 @@ class MosaicDataset(RasterDataset):
     ``dataset[x0:x1:res, y0:y1:res, t0:t1]`` returns ``image`` with the selected bands
     followed by one band that is 1 where every band holds data (nodata values, masks
     and alpha bands respected) and 0 elsewhere, including beyond the mosaic's edge.
+    8-bit mosaics stay ``uint8`` (a quarter of the memory of float32, and the model's
+    preprocessing converts per batch anyway); other types become ``float32``. With
+    ``reuse_buffer`` the returned image is a per-thread buffer, valid until the
+    thread's next read of that size (how classify reads chunk after chunk).
     """
 
     filename_glob = "*"
 
     def __init__(
-        self, paths: Sequence[Path], band_indexes: Sequence[int], res: tuple[float, float]
+        self,
+        paths: Sequence[str],
+        band_indexes: Sequence[int],
+        res: tuple[float, float],
+        *,
+        reuse_buffer: bool = False,
     ) -> None:
         """Index ``paths`` (warped to the first file's CRS) at resolution ``res``."""
-        super().__init__(paths=[str(p) for p in paths], res=res, cache=True)
-        self.band_indexes = list(band_indexes)
+        super().__init__(paths=list(paths), res=res, cache=True)
+        self.bands_read: list[int] = list(band_indexes)
+        self.reuse_buffer = reuse_buffer
+        self._uint8 = all(
+            self._cached_load_warp_file(path).dtypes[0] == "uint8" for path in self.files
+        )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.uint8 if self._uint8 else torch.float32
+
+    @property
+    def resampling(self) -> Resampling:
+        # Decimated reads average neighbours whatever the data type (TorchGeo picks
+        # nearest for integer data, which aliases).
+        return Resampling.bilinear
 
     def _merge_files(
         self, filepaths: Sequence[str], query: Any, band_indexes: Sequence[int] | None = None
     ) -> torch.Tensor:
-        vrts = [self._cached_load_warp_file(fp) for fp in filepaths]
+        handles = [self._cached_load_warp_file(fp) for fp in filepaths]
         x, y, _ = self._disambiguate_slice(query)
-        merged, _ = rasterio.merge.merge(
-            vrts,
-            (x.start, y.start, x.stop, y.stop),
-            (x.step, y.step),
-            indexes=self.band_indexes,
-            resampling=self.resampling,
-            masked=True,
-        )
-        valid = ~np.ma.getmaskarray(merged).any(axis=0, keepdims=True)
-        data = np.ma.filled(merged, 0).astype(np.float32)
-        return torch.from_numpy(np.concatenate([data, valid.astype(np.float32)]))
+        bounds = (x.start, y.start, x.stop, y.stop)
+        height = round((y.stop - y.start) / y.step)
+        width = round((x.stop - x.start) / x.step)
+        # Bands then the validity band, filled in place: no full-size temporaries.
+        shape = (len(self.bands_read) + 1, height, width)
+        if self.reuse_buffer:
+            out = thread_buffer(shape, self.dtype).numpy()
+        else:
+            out = np.empty(shape, np.uint8 if self._uint8 else np.float32)
+        if len(handles) == 1:
+            self._read_into(out, handles[0], bounds, (x.step, y.step))
+        else:
+            merged, _ = rasterio.merge.merge(
+                handles,
+                bounds,
+                (x.step, y.step),
+                indexes=self.bands_read,
+                resampling=self.resampling,
+                masked=True,
+            )
+            out[:-1] = np.ma.filled(merged, 0)
+            out[-1] = ~np.ma.getmaskarray(merged).any(axis=0)
+        return torch.from_numpy(out)
+
+    def _read_into(
+        self,
+        out: npt.NDArray[Any],
+        src: Any,
+        bounds: tuple[float, float, float, float],
+        res: tuple[float, float],
+    ) -> None:
+        """One windowed read of the part of a single file inside ``bounds``.
+
+        Faster and leaner than ``rasterio.merge`` (no masked arrays): pixels outside
+        the file become 0 and invalid; a chunk inside the file is decoded straight into
+        ``out`` (which may hold anything beforehand).
+        """
+        left, _, _, top = bounds
+        xres, yres = res
+        _, height, width = out.shape
+        inner = src.bounds
+        c0 = max(0, round((inner.left - left) / xres))
+        c1 = min(width, round((inner.right - left) / xres))
+        r0 = max(0, round((top - inner.top) / yres))
+        r1 = min(height, round((top - inner.bottom) / yres))
+        if (r0, c0, r1, c1) != (0, 0, height, width):
+            out.fill(0)  # the part outside the file: no data, not valid
+        if c0 >= c1 or r0 >= r1:
+            return
+        window = src.window(left + c0 * xres, top - r1 * yres, left + c1 * xres, top - r0 * yres)
+        shape = (len(self.bands_read), r1 - r0, c1 - c0)
+        if (r0, c0, r1, c1) == (0, 0, height, width):
+            part = src.read(
+                self.bands_read, window=window, out=out[:-1], resampling=self.resampling
+            )
+        else:
+            part = src.read(
+                self.bands_read, window=window, out_shape=shape, resampling=self.resampling
+            )
+            out[:-1, r0:r1, c0:c1] = part
+        out[-1, r0:r1, c0:c1] = self._validity(src, part, window, shape)
+
+    def _validity(
+        self, src: Any, part: npt.NDArray[Any], window: Any, shape: tuple[int, int, int]
+    ) -> npt.NDArray[np.bool_] | bool:
+        """Where every selected band holds data, from GDAL's mask flags."""
+        flags = [src.mask_flag_enums[i - 1] for i in self.bands_read]
+        if all(f == [MaskFlags.all_valid] for f in flags):
+            return True
+        native = (round(window.height), round(window.width)) == shape[1:]
+        if native and src.nodata is not None and all(f == [MaskFlags.nodata] for f in flags):
+            # Pixel equality with nodata is the mask at native resolution; reading
+            # GDAL's mask would decode the blocks a second time.
+            nodata = src.nodata
+            if np.isnan(nodata):
+                return ~np.isnan(part).any(axis=0)  # type: ignore[no-any-return]
+            return (part != nodata).all(axis=0)  # type: ignore[no-any-return]
+        masks = src.read_masks(self.bands_read, window=window, out_shape=shape)
+        return (masks > 0).all(axis=0)  # type: ignore[no-any-return]

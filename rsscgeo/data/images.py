@@ -33,7 +33,7 @@ def read_image(path: Path) -> npt.NDArray[np.generic]:
         return _read_raster(path)
     try:
         with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"))
+            array = np.array(image.convert("RGB"))  # writable: callers wrap it in tensors
     except (OSError, UnidentifiedImageError, SyntaxError) as err:
         raise DatasetError(
             f"cannot read image {path} ({err}); replace or remove the corrupt file."

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import rasterio
 import torch
 from dask.base import compute
 from dask.delayed import delayed
@@ -24,9 +25,9 @@ from tqdm.auto import tqdm
 from rsscgeo.errors import OutputExistsError, SceneError
 from rsscgeo.modelfile import LoadedModel
 from rsscgeo.scene.grid import Chunk, PatchGrid
-from rsscgeo.scene.inference import ChunkResult, Scaling, classify_chunk
+from rsscgeo.scene.inference import ChunkResult, Preprocess, classify_chunk
 from rsscgeo.scene.journal import Journal, fingerprint, journal_dir
-from rsscgeo.scene.plan import plan_scene, resolve_device
+from rsscgeo.scene.plan import ScenePlan, plan_scene, resolve_device
 from rsscgeo.scene.reader import SceneReader
 from rsscgeo.scene.writers import GeoPackageWriter, GeoTiffWriter
 
@@ -34,6 +35,10 @@ from rsscgeo.scene.writers import GeoPackageWriter, GeoTiffWriter
 WAVE_PER_WORKER = 8
 # Chunks are about this many pixels on a side: large reads, a few hundred patches each.
 CHUNK_PIXELS = 2048
+# GDAL's block cache (default 5% of RAM) otherwise fills with blocks that are read once
+# and keeps growing with the scene; this much still holds the blocks neighbouring
+# chunks share (a 256-pixel block row of a 32768-pixel-wide RGB scene is 24 MiB).
+GDAL_CACHE_BYTES = 128 * 2**20
 
 
 @dataclass
@@ -90,9 +95,8 @@ def classify_scene(
     )
     grid, scaling, notes = plan.grid, plan.scaling, plan.notes
     target = resolve_device(device)
-    if target.type == "cuda":
-        # One model on the GPU serves every task; threads only overlap reading with it.
-        loaded = LoadedModel(loaded.model.to(target).to(memory_format=torch.channels_last), card)
+    # One model serves every task (on a GPU, threads only overlap reading with it).
+    loaded = LoadedModel(loaded.model.to(target), card)
     notes.append(f"running the model on {target}")
     say(notes[-1])
     workers = workers or os.cpu_count() or 1
@@ -121,8 +125,8 @@ def classify_scene(
         bar = tqdm(
             total=grid.rows * grid.cols, unit="patch", desc="classifying", disable=not progress
         )
-        with bar:
-            work = ChunkTask(plan.reader, grid, loaded, scaling, min_valid, batch_size)
+        with bar, _gdal_cache():
+            work = ChunkTask.for_plan(plan, loaded, min_valid=min_valid, batch_size=batch_size)
             lock = threading.Lock()
 
             def tick(patches: int) -> None:
@@ -151,9 +155,22 @@ class ChunkTask:
     reader: SceneReader
     grid: PatchGrid
     loaded: LoadedModel
-    scaling: Scaling
+    preprocess: Preprocess
     min_valid: float
     batch_size: int
+
+    @classmethod
+    def for_plan(
+        cls, plan: ScenePlan, loaded: LoadedModel, *, min_valid: float, batch_size: int
+    ) -> ChunkTask:
+        """The task for a planned scene; a convolutional model turns channels-last in place."""
+        convolutional = any(isinstance(m, torch.nn.Conv2d) for m in loaded.model.modules())
+        if convolutional:
+            loaded.model.to(memory_format=torch.channels_last)
+        preprocess = Preprocess.build(
+            loaded.card, plan.scaling, plan.raw_dtype, channels_last=convolutional
+        )
+        return cls(plan.reader, plan.grid, loaded, preprocess, min_valid, batch_size)
 
     def __call__(self, chunk: Chunk) -> ChunkResult:
         """Read, cut and classify one chunk."""
@@ -164,7 +181,7 @@ class ChunkTask:
             valid,
             self.grid,
             chunk,
-            scaling=self.scaling,
+            preprocess=self.preprocess,
             min_valid=self.min_valid,
             batch_size=self.batch_size,
         )
@@ -212,6 +229,13 @@ def _count(summary: ClassifySummary, result: ChunkResult, names: list[str]) -> N
     summary.classified += int(done.sum())
     summary.skipped += int((~done).sum())
     summary.per_class.update(names[i] for i in result.class_ids[done])
+
+
+def _gdal_cache() -> rasterio.Env:
+    """A bounded GDAL block cache for the run, unless the user set GDAL_CACHEMAX."""
+    if "GDAL_CACHEMAX" in os.environ:
+        return rasterio.Env()
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
 
 
 def _check_output(path: Path, overwrite: bool) -> None:

@@ -9,15 +9,16 @@ imagery the model knows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from rsscgeo.data.transforms import card_transform
-from rsscgeo.modelfile import LoadedModel
+from rsscgeo._buffers import thread_buffer
+from rsscgeo.modelfile import LoadedModel, ModelCard
 from rsscgeo.scene.grid import Chunk, PatchGrid
 
 
@@ -28,13 +29,6 @@ class Scaling:
     low: tuple[float, ...]
     high: tuple[float, ...]
 
-    def apply(self, values: torch.Tensor) -> torch.Tensor:
-        """Scale bands (dimension 1 of an N x C x H x W tensor), clipped to 0..1."""
-        low = torch.tensor(self.low, device=values.device).view(1, -1, 1, 1)
-        high = torch.tensor(self.high, device=values.device).view(1, -1, 1, 1)
-        span = (high - low).clamp(min=1e-6)
-        return ((values - low) / span).clamp(0, 1)
-
     @classmethod
     def divide_by(cls, scale: float, bands: int) -> Scaling:
         """The rule for 8-bit scenes: divide by ``scale``."""
@@ -42,7 +36,7 @@ class Scaling:
 
     @classmethod
     def percentile_stretch(
-        cls, values: npt.NDArray[np.float32], valid: npt.NDArray[np.bool_]
+        cls, values: npt.NDArray[np.uint8 | np.float32], valid: npt.NDArray[np.bool_]
     ) -> Scaling:
         """The rule for other data types: 2nd-98th percentile of valid pixels per band."""
         pixels = values[:, valid] if valid.any() else values.reshape(values.shape[0], -1)
@@ -71,39 +65,108 @@ class ChunkResult:
 
 
 def cut_patches(
-    values: npt.NDArray[np.float32], valid: npt.NDArray[np.bool_], grid: PatchGrid, chunk: Chunk
+    values: npt.NDArray[np.uint8 | np.float32],
+    valid: npt.NDArray[np.bool_],
+    grid: PatchGrid,
+    chunk: Chunk,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Patches (N x C x P x P) and their valid fractions (N), row-major, without copies."""
+    """Patches (N x C x P x P views of ``values``) and their valid fractions (N), row-major."""
     p, s = grid.patch, grid.stride
     image = torch.from_numpy(values)
     patches = image.unfold(1, p, s).unfold(2, p, s)  # C x rows x cols x P x P
     patches = patches.permute(1, 2, 0, 3, 4).reshape(-1, image.shape[0], p, p)
-    mask = torch.from_numpy(valid.astype(np.float32)).unfold(0, p, s).unfold(1, p, s)
-    fraction = mask.mean(dim=(-1, -2)).reshape(-1)
     expected = chunk.nrows * chunk.ncols
+    if valid.all():  # most chunks of most scenes: skip counting
+        fraction = torch.ones(expected)
+    else:
+        mask = torch.from_numpy(valid).unfold(0, p, s).unfold(1, p, s)
+        fraction = mask.sum(dim=(-1, -2), dtype=torch.int32).reshape(-1) / float(p * p)
     assert patches.shape[0] == expected, (patches.shape, chunk)
     return patches, fraction
 
 
+@dataclass(frozen=True)
+class Preprocess:
+    """Raw patches to the network's input, equal to ``card_transform(scaling(x))``.
+
+    Scaling and normalisation are one per-band multiply-add on the raw patch, done
+    before the card's resize (bilinear resampling commutes with per-band affine maps),
+    so the model's preprocessing costs three passes over each patch instead of six.
+    Values are clamped to the scaled 0..1 range only where raw values can leave it.
+    Convolutional networks get channels-last batches (about 30% faster for
+    EfficientNet on CPU too); for others the conversion would only cost a pass.
+    """
+
+    scale: torch.Tensor  # 1 x C x 1 x 1
+    shift: torch.Tensor  # 1 x C x 1 x 1
+    clamp: tuple[torch.Tensor, torch.Tensor] | None
+    resize: int
+    crop: int | None
+    channels_last: bool  # convolutional networks run faster on channels-last batches
+
+    @classmethod
+    def build(
+        cls, card: ModelCard, scaling: Scaling, raw: torch.dtype, *, channels_last: bool
+    ) -> Preprocess:
+        """The preprocessing for patches of dtype ``raw`` under ``scaling``."""
+
+        def band(values: Sequence[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float64).view(1, -1, 1, 1)
+
+        low, high = band(scaling.low), band(scaling.high)
+        mean, std = band(card.mean), band(card.std)
+        span = (high - low).clamp(min=1e-6)
+        scale, shift = 1 / (span * std), (-low / span - mean) / std
+        clamp = None
+        if raw != torch.uint8 or bool((low > 0).any() or (high < 255).any()):
+            clamp = ((-mean / std).float(), ((1 - mean) / std).float())
+        return cls(
+            scale.float(), shift.float(), clamp, card.eval_resize, card.eval_crop, channels_last
+        )
+
+    def to(self, device: torch.device) -> Preprocess:
+        """The same preprocessing with its constants on ``device``."""
+        clamp = None if self.clamp is None else (self.clamp[0].to(device), self.clamp[1].to(device))
+        return replace(self, scale=self.scale.to(device), shift=self.shift.to(device), clamp=clamp)
+
+    def __call__(self, patches: torch.Tensor) -> torch.Tensor:
+        """N x C x P x P raw patches (any dtype and strides) to a normalised float batch."""
+        resizes = patches.shape[-1] != self.resize
+        final = torch.channels_last if self.channels_last else torch.contiguous_format
+        # The resize is fastest channels-first, so a resized batch changes layout after it.
+        layout = torch.contiguous_format if resizes else final
+        batch = thread_buffer(tuple(patches.shape), torch.float32, patches.device, layout)
+        # One pass reads the raw (uint8) view and writes the scaled, normalised batch.
+        torch.addcmul(self.shift, patches, self.scale, out=batch)
+        if self.clamp is not None:
+            batch.clamp_(*self.clamp)
+        if resizes:
+            # v2.Resize's antialias=True: identical when enlarging, needed when shrinking.
+            batch = F.interpolate(
+                batch, size=(self.resize, self.resize), mode="bilinear", antialias=True
+            )
+        if self.crop is not None and self.crop < self.resize:
+            top = (self.resize - self.crop) // 2
+            batch = batch[..., top : top + self.crop, top : top + self.crop]
+        return batch.contiguous(memory_format=final)
+
+
 @torch.inference_mode()
 def classify_patches(
-    loaded: LoadedModel, patches: torch.Tensor, scaling: Scaling, batch_size: int
+    loaded: LoadedModel, patches: torch.Tensor, preprocess: Preprocess, batch_size: int
 ) -> torch.Tensor:
     """Class probabilities (softmax, or sigmoid for multilabel) of raw patches.
 
-    On a GPU the patches are scaled and normalised there, in channels-last layout, and
-    the model runs under fp16 autocast.
+    On a GPU the raw patches are copied there (as uint8 for 8-bit scenes) and
+    preprocessed there, and the model runs under fp16 autocast.
     """
     card = loaded.card
-    transform = card_transform(card)
     device = next(loaded.model.parameters()).device
     on_gpu = device.type == "cuda"
+    preprocess = preprocess.to(device)
     outputs = []
     for start in range(0, len(patches), batch_size):
-        batch = patches[start : start + batch_size].to(device, non_blocking=True).float()
-        batch = transform(scaling.apply(batch))
-        if on_gpu:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        batch = preprocess(patches[start : start + batch_size].to(device, non_blocking=True))
         with torch.autocast(device.type, dtype=torch.float16, enabled=on_gpu):
             logits = loaded.model(batch).float()
         probs = logits.sigmoid() if card.task == "multilabel" else F.softmax(logits, dim=1)
@@ -113,12 +176,12 @@ def classify_patches(
 
 def classify_chunk(
     loaded: LoadedModel,
-    values: npt.NDArray[np.float32],
+    values: npt.NDArray[np.uint8 | np.float32],
     valid: npt.NDArray[np.bool_],
     grid: PatchGrid,
     chunk: Chunk,
     *,
-    scaling: Scaling,
+    preprocess: Preprocess,
     min_valid: float,
     batch_size: int,
 ) -> ChunkResult:
@@ -126,8 +189,10 @@ def classify_chunk(
     patches, fraction = cut_patches(values, valid, grid, chunk)
     keep = fraction >= min_valid
     probs = torch.full((len(patches), loaded.card.num_classes), float("nan"))
-    if keep.any():
-        probs[keep] = classify_patches(loaded, patches[keep], scaling, batch_size)
+    if keep.all():  # the usual case: classify the view, no copy of the chunk
+        probs = classify_patches(loaded, patches, preprocess, batch_size)
+    elif keep.any():
+        probs[keep] = classify_patches(loaded, patches[keep], preprocess, batch_size)
     shape = (chunk.nrows, chunk.ncols)
     return ChunkResult(
         chunk,

@@ -31,6 +31,7 @@ class ScenePlan:
     grid: PatchGrid
     scaling: Scaling
     band_indexes: tuple[int, ...]
+    raw_dtype: torch.dtype  # what the reader returns: uint8 for 8-bit scenes, else float32
     notes: list[str] = field(default_factory=list)
 
 
@@ -62,7 +63,8 @@ def plan_scene(
     notes.append(scale_note)
     for note in notes:
         say(note)
-    return ScenePlan(reader, grid, scaling, tuple(band_indexes), notes)
+    raw_dtype = torch.uint8 if info.dtype == "uint8" else torch.float32
+    return ScenePlan(reader, grid, scaling, tuple(band_indexes), raw_dtype, notes)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -76,6 +76,11 @@ def inspect_scenes(paths: list[Path]) -> SceneInfo:
                 f"{path} has {meta['count']} bands, {paths[0]} has {first['count']}; "
                 "a mosaic needs the same bands in every file."
             )
+        elif meta["dtype"] != first["dtype"]:
+            raise SceneError(
+                f"{path} holds {meta['dtype']}, {paths[0]} holds {first['dtype']}; a mosaic "
+                "needs one data type (convert with gdal_translate -ot)."
+            )
         elif crs != first["crs"]:
             reprojected.append(path)
     _check_overlap(paths, footprints, first["crs"])
@@ -136,7 +141,9 @@ class SceneReader:
         if dataset is None:
             from rsscgeo._torchgeo import MosaicDataset
 
-            dataset = MosaicDataset(list(self.paths), self.band_indexes, self.resolution)
+            dataset = MosaicDataset(
+                [str(p) for p in self.paths], self.band_indexes, self.resolution, reuse_buffer=True
+            )
             self._local.dataset = dataset
         return dataset
 
@@ -151,14 +158,18 @@ class SceneReader:
 
     def read(
         self, grid: PatchGrid, chunk: Chunk
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
-        """One read of the pixels under ``chunk``: (bands x H x W values, H x W validity)."""
+    ) -> tuple[npt.NDArray[np.uint8 | np.float32], npt.NDArray[np.bool_]]:
+        """One read of the pixels under ``chunk``: (bands x H x W values, H x W validity).
+
+        Values are ``uint8`` for 8-bit scenes and ``float32`` otherwise. They live in a
+        buffer this thread reuses: valid until its next read of a chunk of that size.
+        """
         left, bottom, right, top = grid.chunk_bounds(chunk)
         _, _, t = self.dataset.bounds
         xres, yres = self.resolution
         sample = self.dataset[left:right:xres, bottom:top:yres, t.start : t.stop]
         image = sample["image"].numpy()
-        return image[:-1], image[-1] > 0.5
+        return image[:-1], image[-1] > 0
 
 
 def _first_line(err: Exception) -> str:

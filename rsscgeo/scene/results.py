@@ -43,7 +43,7 @@ def patch_dataset(
     card = loaded.card
     plan = plan_scene(scenes, loaded, patch_size=patch_size, stride=stride, bands=bands, gsd=gsd)
     grid = plan.grid
-    work = ChunkTask(plan.reader, grid, loaded, plan.scaling, min_valid, batch_size)
+    work = ChunkTask.for_plan(plan, loaded, min_valid=min_valid, batch_size=batch_size)
     prob_rows: list[list[da.Array]] = [[] for _ in range(0, grid.rows, chunk_patches)]
     valid_rows: list[list[da.Array]] = [[] for _ in range(0, grid.rows, chunk_patches)]
     for chunk in grid.chunks(chunk_patches):

@@ -38,3 +38,11 @@ class OutputExistsError(RsscgeoError, FileExistsError):
 
 class DependencyMissingError(RsscgeoError, ImportError):
     """An optional dependency needed for this operation is not installed."""
+
+
+class OutputBusyError(RsscgeoError, BlockingIOError):
+    """Another run is writing the same output right now."""
+
+
+class ClusterError(RsscgeoError, ConnectionError):
+    """The Dask cluster cannot be reached or its workers cannot run rsscgeo's tasks."""

@@ -162,26 +162,26 @@ def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(
 
     monkeypatch.setattr(engine, "CHUNK_PIXELS", 300)  # 6x6-patch chunks: 3x3 chunks
     scene, args = CASES["striped_nodata"], ("--stride", "50", "--workers", "1")
-    original, calls = engine.ChunkTask.__call__, []
+    original, calls = engine.ChunkWork.__call__, []
 
-    def counted(self, chunk):
+    def counted(self, chunk, loaded):
         calls.append(chunk.index)
-        return original(self, chunk)
+        return original(self, chunk, loaded)
 
-    monkeypatch.setattr(engine.ChunkTask, "__call__", counted)
+    monkeypatch.setattr(engine.ChunkWork, "__call__", counted)
     ref_tif, ref_gpkg = tmp_path / "ref.tif", tmp_path / "ref.gpkg"
     assert run_cli("classify", scene, "--out", ref_tif, "--out", ref_gpkg, *args).exit_code == 0
     total = len(calls)
     assert total == 9
     calls.clear()
 
-    def dies_after_two_chunks(self, chunk):
+    def dies_after_two_chunks(self, chunk, loaded):
         calls.append(chunk.index)
         if len(calls) > 2:
             raise RuntimeError("power loss")
-        return original(self, chunk)
+        return original(self, chunk, loaded)
 
-    monkeypatch.setattr(engine.ChunkTask, "__call__", dies_after_two_chunks)
+    monkeypatch.setattr(engine.ChunkWork, "__call__", dies_after_two_chunks)
     tif, gpkg = tmp_path / "run.tif", tmp_path / "run.gpkg"
     assert run_cli("classify", scene, "--out", tif, "--out", gpkg, *args).exit_code != 0
     assert not tif.exists() and not gpkg.exists()
@@ -190,7 +190,7 @@ def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(
     assert finished == set(calls[:2])  # the two chunks that ran before the failure
 
     calls.clear()
-    monkeypatch.setattr(engine.ChunkTask, "__call__", counted)
+    monkeypatch.setattr(engine.ChunkWork, "__call__", counted)
     result = run_cli("classify", scene, "--out", tif, "--out", gpkg, *args, "--resume")
     assert result.exit_code == 0, result.output
     assert sorted(calls) == sorted(set(range(total)) - finished)  # only unfinished chunks ran
@@ -217,15 +217,16 @@ def test_resume_refuses_a_journal_of_another_job(tmp_path: Path, run_cli, monkey
     import rsscgeo.scene.classify as engine
 
     monkeypatch.setattr(engine, "CHUNK_PIXELS", 300)
-    original = engine.ChunkTask.__call__
-    monkeypatch.setattr(
-        engine.ChunkTask, "__call__", lambda self, chunk: (_ for _ in ()).throw(RuntimeError("x"))
-    )
+    original = engine.ChunkWork.__call__
+    def fails(self, chunk, loaded):
+        raise RuntimeError("x")
+
+    monkeypatch.setattr(engine.ChunkWork, "__call__", fails)
     out = tmp_path / "o.tif"
     assert (
         run_cli("classify", CASES["striped_nodata"], "--out", out, "--stride", "50").exit_code != 0
     )
-    monkeypatch.setattr(engine.ChunkTask, "__call__", original)
+    monkeypatch.setattr(engine.ChunkWork, "__call__", original)
     result = run_cli(
         "classify", CASES["striped_nodata"], "--out", out, "--stride", "75", "--resume"
     )

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:  # the CLI imports the engine lazily, so --help stays fast
+    from rsscgeo.scene.classify import ClassifySummary
 
 
 def _bands(value: str | None) -> list[int] | None:
@@ -24,9 +28,21 @@ def _bands(value: str | None) -> list[int] | None:
     "--out",
     "outputs",
     multiple=True,
-    required=True,
     type=click.Path(path_type=Path, dir_okay=False),
-    help="labels.gpkg (polygons) and/or labels.tif (raster); repeat for both.",
+    help="labels.gpkg (polygons) and/or labels.tif (raster); repeat for both. The SCENES "
+    "form one mosaic.",
+)
+@click.option(
+    "--out-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Classify each scene separately into DIR/<scene name>.gpkg / .tif (see --format).",
+)
+@click.option(
+    "--format",
+    "formats",
+    multiple=True,
+    type=click.Choice(["gpkg", "tif"]),
+    help="With --out-dir: output formats; repeat for both [default: gpkg].",
 )
 @click.option(
     "--model",
@@ -52,7 +68,23 @@ def _bands(value: str | None) -> list[int] | None:
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option(
-    "--workers", type=click.IntRange(min=1), help="Parallel Dask tasks [default: all cores]."
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    help="Pixels per side of each read/task, in whole patches [default: 2048].",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Local Dask worker threads (or processes) [default: all cores].",
+)
+@click.option(
+    "--processes", is_flag=True, help="Local workers as processes (one model each), not threads."
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="Run on an existing Dask cluster, e.g. tcp://host:8786 [default: "
+    "$DASK_SCHEDULER_ADDRESS, else a local cluster].",
 )
 @click.option(
     "--device", default="auto", show_default=True, help="auto (GPU when present), cpu or cuda[:i]."
@@ -67,6 +99,8 @@ def _bands(value: str | None) -> list[int] | None:
 def classify(
     scenes: tuple[Path, ...],
     outputs: tuple[Path, ...],
+    out_dir: Path | None,
+    formats: tuple[str, ...],
     model: Path | None,
     patch_size: int | None,
     stride: int | None,
@@ -74,41 +108,92 @@ def classify(
     gsd: float | None,
     min_valid: float,
     batch_size: int,
+    chunk_size: int | None,
     workers: int | None,
+    processes: bool,
+    scheduler: str | None,
     device: str,
     probabilities: bool,
     overwrite: bool,
     resume: bool,
 ) -> None:
-    """Classify SCENES (several files form one mosaic) patch by patch."""
-    from rsscgeo.errors import SceneError
+    """Classify SCENES patch by patch into map layers.
+
+    With --out the SCENES form one mosaic; with --out-dir each is classified on its own.
+    """
     from rsscgeo.modelfile import BUNDLED_MODEL, load_model
     from rsscgeo.scene.classify import classify_scene
+    from rsscgeo.scene.engine import open_engine
 
-    by_suffix = {p.suffix.lower(): p for p in outputs}
-    unknown = set(by_suffix) - {".gpkg", ".tif", ".tiff"}
-    if unknown:
-        raise SceneError(f"--out must end in .gpkg or .tif, not {sorted(unknown)[0]}.")
+    jobs = _jobs(list(scenes), outputs, out_dir, formats)
     loaded = load_model(model or BUNDLED_MODEL)
-    summary = classify_scene(
-        list(scenes),
-        loaded,
-        gpkg=by_suffix.get(".gpkg"),
-        geotiff=by_suffix.get(".tif") or by_suffix.get(".tiff"),
-        patch_size=patch_size,
-        stride=stride,
-        bands=_bands(bands),
-        gsd=gsd,
-        min_valid=min_valid,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        probabilities=probabilities,
-        overwrite=overwrite,
-        resume=resume,
-        model_path=model or BUNDLED_MODEL,
-        say=lambda line: click.echo(line, err=True),
-    )
+    with open_engine(scheduler, workers=workers, processes=processes, device=device) as engine:
+        for job_scenes, gpkg, geotiff in jobs:
+            if len(jobs) > 1:
+                click.echo(f"{job_scenes[0]}:", err=True)
+            summary = classify_scene(
+                job_scenes,
+                loaded,
+                gpkg=gpkg,
+                geotiff=geotiff,
+                patch_size=patch_size,
+                stride=stride,
+                bands=_bands(bands),
+                gsd=gsd,
+                min_valid=min_valid,
+                batch_size=batch_size,
+                chunk_pixels=chunk_size,
+                engine=engine,
+                probabilities=probabilities,
+                overwrite=overwrite,
+                resume=resume,
+                model_path=model or BUNDLED_MODEL,
+                say=lambda line: click.echo(line, err=True),
+            )
+            _report(summary, min_valid)
+
+
+def _jobs(
+    scenes: list[Path], outputs: tuple[Path, ...], out_dir: Path | None, formats: tuple[str, ...]
+) -> list[tuple[list[Path], Path | None, Path | None]]:
+    """(scenes, gpkg, geotiff) per run: one mosaic for --out, one per scene for --out-dir."""
+    from rsscgeo.errors import SceneError
+
+    if bool(outputs) == (out_dir is not None):
+        raise SceneError(
+            "give either --out (the scenes form one mosaic) or --out-dir (one output set per "
+            "scene)."
+        )
+    if formats and out_dir is None:
+        raise SceneError("--format goes with --out-dir; with --out the suffix picks the format.")
+    if out_dir is None:
+        by_suffix = {p.suffix.lower(): p for p in outputs}
+        unknown = set(by_suffix) - {".gpkg", ".tif", ".tiff"}
+        if unknown:
+            raise SceneError(f"--out must end in .gpkg or .tif, not {sorted(unknown)[0]}.")
+        geotiff = by_suffix.get(".tif") or by_suffix.get(".tiff")
+        return [(scenes, by_suffix.get(".gpkg"), geotiff)]
+    if not out_dir.is_dir():
+        raise SceneError(f"output folder {out_dir} does not exist; create it first.")
+    stems = [p.stem for p in scenes]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise SceneError(
+            f"two scenes are named {twice[0]}; --out-dir names outputs after the scene, so "
+            "rename one or run them separately."
+        )
+    wanted = set(formats or ("gpkg",))
+    return [
+        (
+            [scene],
+            out_dir / f"{scene.stem}.gpkg" if "gpkg" in wanted else None,
+            out_dir / f"{scene.stem}.tif" if "tif" in wanted else None,
+        )
+        for scene in scenes
+    ]
+
+
+def _report(summary: ClassifySummary, min_valid: float) -> None:
     total = summary.classified + summary.skipped
     rate = total / summary.seconds if summary.seconds else 0.0
     grid = f"{summary.grid.rows}x{summary.grid.cols}"

@@ -1,44 +1,39 @@
 """``classify_scene``: large-scene classification from files to map outputs.
 
 The scene is read through TorchGeo in chunks of whole patches; each chunk is one Dask
-task (read, cut into patches, classify in batches) and returns only small per-patch
-arrays, which stream to the writers as tasks complete. Tasks run in waves so memory
-stays bounded by a few chunks, however large the scene.
+task (read, cut into patches, classify in batches) on an embedded or existing Dask
+cluster (see ``engine``). Tasks return only small per-patch arrays, which the client
+journals as they arrive and streams to the writers in chunk order, so memory stays
+bounded by a window of chunks however large the scene, and the outputs do not depend
+on the number of workers or on interruptions.
 """
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import rasterio
 import torch
-from dask.base import compute
-from dask.delayed import delayed
 from tqdm.auto import tqdm
 
 from rsscgeo.errors import OutputExistsError, SceneError
-from rsscgeo.modelfile import LoadedModel
+from rsscgeo.modelfile import LoadedModel, ModelCard
+from rsscgeo.scene.engine import Engine, open_engine
 from rsscgeo.scene.grid import Chunk, PatchGrid
 from rsscgeo.scene.inference import ChunkResult, Preprocess, classify_chunk
 from rsscgeo.scene.journal import Journal, fingerprint, journal_dir
-from rsscgeo.scene.plan import ScenePlan, plan_scene, resolve_device
+from rsscgeo.scene.lock import lock_outputs
+from rsscgeo.scene.plan import ScenePlan, plan_scene
 from rsscgeo.scene.reader import SceneReader
 from rsscgeo.scene.writers import GeoPackageWriter, GeoTiffWriter
 
-# Chunk tasks per Dask compute call, per worker thread (see _run).
-WAVE_PER_WORKER = 8
-# Chunks are about this many pixels on a side: large reads, a few hundred patches each.
+# Chunks are about this many pixels on a side by default: large reads, a few hundred
+# patches each, a few tens of MB per task in flight.
 CHUNK_PIXELS = 2048
-# GDAL's block cache (default 5% of RAM) otherwise fills with blocks that are read once
-# and keeps growing with the scene; this much still holds the blocks neighbouring
-# chunks share (a 256-pixel block row of a 32768-pixel-wide RGB scene is 24 MiB).
-GDAL_CACHE_BYTES = 128 * 2**20
 
 
 @dataclass
@@ -66,7 +61,11 @@ def classify_scene(
     gsd: float | None = None,
     min_valid: float = 0.5,
     batch_size: int = 64,
+    chunk_pixels: int | None = None,
     workers: int | None = None,
+    processes: bool = False,
+    scheduler: str | None = None,
+    engine: Engine | None = None,
     device: str = "auto",
     probabilities: bool = False,
     overwrite: bool = False,
@@ -77,30 +76,30 @@ def classify_scene(
 ) -> ClassifySummary:
     """Classify ``scenes`` (one mosaic) patch by patch and write the requested outputs.
 
-    Finished chunks are journaled beside the first output; ``resume`` continues an
-    interrupted run from that journal (``model_path`` goes into its fingerprint).
+    Each task reads a chunk of whole patches about ``chunk_pixels`` (default
+    ``CHUNK_PIXELS``) on a side. Tasks run on ``engine`` when given (several scenes
+    can share one), else on a cluster opened for this call from ``scheduler``,
+    ``workers``, ``processes`` and ``device`` (see ``engine.open_engine``). Finished
+    chunks are journaled beside the first output; ``resume`` continues an interrupted
+    run from that journal (``model_path`` goes into its fingerprint). Outputs are
+    locked for the run.
 
     Raises:
         SceneError: If the scene or the options do not fit the model.
         OutputExistsError: If an output exists and ``overwrite`` is not set.
+        OutputBusyError: If another run is writing one of the outputs.
+        ClusterError: If the Dask cluster cannot be reached or cannot run the tasks.
     """
     outputs = [p for p in (gpkg, geotiff) if p is not None]
     if not outputs:
         raise SceneError("no output requested; pass --out labels.gpkg and/or --out labels.tif.")
     for path in outputs:
-        _check_output(path, overwrite)
+        _check_output(path)
     card = loaded.card
     plan = plan_scene(
         scenes, loaded, patch_size=patch_size, stride=stride, bands=bands, gsd=gsd, say=say
     )
     grid, scaling, notes = plan.grid, plan.scaling, plan.notes
-    target = resolve_device(device)
-    # One model serves every task (on a GPU, threads only overlap reading with it).
-    loaded = LoadedModel(loaded.model.to(target), card)
-    notes.append(f"running the model on {target}")
-    say(notes[-1])
-    workers = workers or os.cpu_count() or 1
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     options = {
         "patch": grid.patch,
         "stride": grid.stride,
@@ -108,53 +107,86 @@ def classify_scene(
         "resolution": list(plan.reader.resolution),
         "min_valid": min_valid,
         "scaling": [scaling.low, scaling.high],
+        "chunk_pixels": chunk_pixels or CHUNK_PIXELS,
     }
-    journal = Journal(
-        journal_dir(outputs[0]), fingerprint(scenes, model_path, options), resume=resume
-    )
-    writers: list[GeoPackageWriter | GeoTiffWriter] = []
     summary = ClassifySummary(grid, outputs, notes=notes)
-    start = time.perf_counter()
-    try:
-        if gpkg is not None:
-            writers.append(GeoPackageWriter(gpkg, grid, card))
-        if geotiff is not None:
-            writers.append(GeoTiffWriter(geotiff, grid, card, probabilities))
-        per_side = max(1, CHUNK_PIXELS // grid.stride)
-        chunks = list(grid.chunks(per_side))
-        bar = tqdm(
-            total=grid.rows * grid.cols, unit="patch", desc="classifying", disable=not progress
+    with ExitStack() as stack:
+        stack.enter_context(lock_outputs(outputs))
+        for path in outputs:  # under the lock: a run that just finished has written it
+            if path.exists() and not overwrite:
+                raise OutputExistsError(f"{path} exists; pass --overwrite to replace it.")
+        if engine is None:
+            engine = stack.enter_context(
+                open_engine(scheduler, workers=workers, processes=processes, device=device)
+            )
+        notes.append(f"running on a {engine.description}, model on {engine.device}")
+        say(notes[-1])
+        journal = Journal(
+            journal_dir(outputs[0]), fingerprint(scenes, model_path, options), resume=resume
         )
-        with bar, _gdal_cache():
-            work = ChunkTask.for_plan(plan, loaded, min_valid=min_valid, batch_size=batch_size)
-            lock = threading.Lock()
-
-            def tick(patches: int) -> None:
-                with lock:
-                    bar.update(patches)
-
-            for result in _run(chunks, work, journal, workers, tick):
+        work = ChunkWork.for_plan(plan, loaded, min_valid=min_valid, batch_size=batch_size)
+        key = engine.install(loaded)
+        chunks = list(grid.chunks(max(1, (chunk_pixels or CHUNK_PIXELS) // grid.stride)))
+        start = time.perf_counter()
+        writers: list[GeoPackageWriter | GeoTiffWriter] = []
+        try:
+            if gpkg is not None:
+                writers.append(GeoPackageWriter(gpkg, grid, card))
+            if geotiff is not None:
+                writers.append(GeoTiffWriter(geotiff, grid, card, probabilities))
+            for result in _results(engine, work, key, chunks, journal, progress):
                 for writer in writers:
                     writer.write(result)
                 _count(summary, result, card.class_names)
-        for writer in writers:
-            writer.finish()
-    except BaseException:
-        for writer in writers:
-            writer.abort()
-        raise
-    journal.remove()
-    summary.seconds = time.perf_counter() - start
+            for writer in writers:
+                writer.finish()
+        except BaseException:  # temporary files go; the journal stays for --resume
+            for writer in writers:
+                writer.abort()
+            raise
+        journal.remove()
+        summary.seconds = time.perf_counter() - start
     return summary
 
 
+def _results(
+    engine: Engine,
+    work: ChunkWork,
+    key: str,
+    chunks: list[Chunk],
+    journal: Journal,
+    progress: bool,
+) -> Iterator[ChunkResult]:
+    """Chunk results in order, from the journal or the engine, with a progress bar."""
+    grid = work.grid
+    with tqdm(
+        total=grid.rows * grid.cols, unit="patch", desc="classifying", disable=not progress
+    ) as bar:
+
+        def finished(chunk: Chunk) -> ChunkResult | None:
+            result = journal.load(chunk)
+            if result is not None:
+                bar.update(chunk.nrows * chunk.ncols)
+            return result
+
+        def arrived(result: ChunkResult) -> None:
+            journal.save(result)
+            bar.update(result.chunk.nrows * result.chunk.ncols)
+
+        yield from engine.run(work, key, chunks, finished, arrived)
+
+
 @dataclass(frozen=True)
-class ChunkTask:
-    """Everything one chunk task needs; the task itself is ``__call__``."""
+class ChunkWork:
+    """What every chunk task needs besides the model; the task is ``__call__``.
+
+    Small and model-free, so it ships to Dask workers cheaply; each worker holds the
+    model itself (see ``engine.ModelPlugin``).
+    """
 
     reader: SceneReader
     grid: PatchGrid
-    loaded: LoadedModel
+    card: ModelCard
     preprocess: Preprocess
     min_valid: float
     batch_size: int
@@ -162,21 +194,21 @@ class ChunkTask:
     @classmethod
     def for_plan(
         cls, plan: ScenePlan, loaded: LoadedModel, *, min_valid: float, batch_size: int
-    ) -> ChunkTask:
-        """The task for a planned scene; a convolutional model turns channels-last in place."""
+    ) -> ChunkWork:
+        """The work for a planned scene; a convolutional model turns channels-last in place."""
         convolutional = any(isinstance(m, torch.nn.Conv2d) for m in loaded.model.modules())
         if convolutional:
             loaded.model.to(memory_format=torch.channels_last)
         preprocess = Preprocess.build(
             loaded.card, plan.scaling, plan.raw_dtype, channels_last=convolutional
         )
-        return cls(plan.reader, plan.grid, loaded, preprocess, min_valid, batch_size)
+        return cls(plan.reader, plan.grid, loaded.card, preprocess, min_valid, batch_size)
 
-    def __call__(self, chunk: Chunk) -> ChunkResult:
+    def __call__(self, chunk: Chunk, loaded: LoadedModel) -> ChunkResult:
         """Read, cut and classify one chunk."""
         values, valid = self.reader.read(self.grid, chunk)
         return classify_chunk(
-            self.loaded,
+            loaded,
             values,
             valid,
             self.grid,
@@ -187,43 +219,6 @@ class ChunkTask:
         )
 
 
-def _run(
-    chunks: list[Chunk],
-    work: ChunkTask,
-    journal: Journal,
-    workers: int,
-    progress: Callable[[int], None],
-) -> Iterator[ChunkResult]:
-    """Chunk results in chunk order.
-
-    Journaled chunks are read back; the rest run as Dask tasks on ``workers`` threads,
-    each journaled and counted as soon as it finishes. Only ``workers`` tasks hold
-    pixels at a time and finished ones keep just their small per-patch arrays, so a
-    wave can be many chunks long, which keeps every thread busy until its end.
-    """
-
-    def task(chunk: Chunk) -> ChunkResult:
-        result = work(chunk)
-        journal.save(result)
-        progress(chunk.nrows * chunk.ncols)
-        return result
-
-    wave = max(1, workers * WAVE_PER_WORKER)
-    for start in range(0, len(chunks), wave):
-        batch = chunks[start : start + wave]
-        done = {c.index: journal.load(c) for c in batch}
-        for chunk in batch:
-            if done[chunk.index] is not None:
-                progress(chunk.nrows * chunk.ncols)
-        todo = [delayed(task)(c) for c in batch if done[c.index] is None]
-        for result in compute(*todo, scheduler="threads", num_workers=workers):  # type: ignore[no-untyped-call]
-            done[result.chunk.index] = result
-        for chunk in batch:
-            result = done[chunk.index]
-            assert result is not None
-            yield result
-
-
 def _count(summary: ClassifySummary, result: ChunkResult, names: list[str]) -> None:
     done = result.classified
     summary.classified += int(done.sum())
@@ -231,17 +226,8 @@ def _count(summary: ClassifySummary, result: ChunkResult, names: list[str]) -> N
     summary.per_class.update(names[i] for i in result.class_ids[done])
 
 
-def _gdal_cache() -> rasterio.Env:
-    """A bounded GDAL block cache for the run, unless the user set GDAL_CACHEMAX."""
-    if "GDAL_CACHEMAX" in os.environ:
-        return rasterio.Env()
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
-
-
-def _check_output(path: Path, overwrite: bool) -> None:
+def _check_output(path: Path) -> None:
     if path.suffix.lower() not in (".gpkg", ".tif", ".tiff"):
         raise SceneError(f"output {path} must end in .gpkg (polygons) or .tif (raster).")
     if not path.parent.is_dir():
         raise SceneError(f"output folder {path.parent} does not exist; create it first.")
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it.")

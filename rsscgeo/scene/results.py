@@ -14,7 +14,7 @@ import xarray as xr
 from dask.delayed import delayed
 
 from rsscgeo.modelfile import LoadedModel
-from rsscgeo.scene.classify import ChunkTask
+from rsscgeo.scene.classify import ChunkWork
 from rsscgeo.scene.plan import plan_scene
 
 
@@ -43,11 +43,11 @@ def patch_dataset(
     card = loaded.card
     plan = plan_scene(scenes, loaded, patch_size=patch_size, stride=stride, bands=bands, gsd=gsd)
     grid = plan.grid
-    work = ChunkTask.for_plan(plan, loaded, min_valid=min_valid, batch_size=batch_size)
+    work = ChunkWork.for_plan(plan, loaded, min_valid=min_valid, batch_size=batch_size)
     prob_rows: list[list[da.Array]] = [[] for _ in range(0, grid.rows, chunk_patches)]
     valid_rows: list[list[da.Array]] = [[] for _ in range(0, grid.rows, chunk_patches)]
     for chunk in grid.chunks(chunk_patches):
-        result = delayed(work)(chunk)
+        result = delayed(work)(chunk, loaded)
         shape = (chunk.nrows, chunk.ncols)
         row = chunk.row // chunk_patches
         prob_rows[row].append(_lazy(result.probabilities, (*shape, card.num_classes)))

@@ -1,0 +1,285 @@
+"""Where chunk tasks run: Dask distributed, on an embedded or an existing cluster.
+
+Without a scheduler address a run starts an embedded local cluster: by default one
+worker of ``workers`` threads inside this process (one model shared by the threads,
+nothing to start by hand), or with ``processes`` that many single-threaded worker
+processes. With an address (``--scheduler`` or ``DASK_SCHEDULER_ADDRESS``) it uses an
+existing cluster. Several local GPUs get one worker each through dask-cuda's
+``LocalCUDACluster`` where it is installed.
+
+Each worker receives the model once, through a worker plugin (also on workers that
+join later or restart); a task carries only its chunk and returns small per-patch
+arrays. The client keeps a bounded window of tasks in flight and yields results in
+chunk order, so its memory stays bounded however large the scene.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from distributed import Client, LocalCluster, WorkerPlugin, as_completed
+
+from rsscgeo.errors import ClusterError, RsscgeoError
+from rsscgeo.modelfile import LoadedModel
+from rsscgeo.scene.grid import Chunk
+from rsscgeo.scene.inference import ChunkResult
+
+# Tasks in flight per worker thread: enough to keep every thread fed while the client
+# writes, few enough that out-of-order results waiting for their turn stay small.
+IN_FLIGHT_PER_THREAD = 4
+# GDAL's block cache (default 5% of RAM) otherwise fills with blocks that are read once
+# and keeps growing with the scene; this much still holds the blocks neighbouring
+# chunks share (a 256-pixel block row of a 32768-pixel-wide RGB scene is 24 MiB).
+GDAL_CACHE_BYTES = 128 * 2**20
+
+# The models this process's workers hold, by key (filled by ModelPlugin.setup).
+_WORKER_MODELS: dict[str, LoadedModel] = {}
+
+
+class ModelPlugin(WorkerPlugin):
+    """Puts the model on each worker once, on the worker's device, and tunes the worker.
+
+    Attributes:
+        key: Name the tasks look the model up by.
+        loaded: The model (sent to each worker once, with the plugin).
+        device: ``auto`` (the worker's GPU when it has one), ``cpu`` or ``cuda[:i]``.
+        torch_threads: Intra-op threads per worker process; ``None`` divides the
+            worker machine's cores among the worker's task threads.
+    """
+
+    def __init__(
+        self, key: str, loaded: LoadedModel, device: str, torch_threads: int | None
+    ) -> None:
+        self.name = f"rsscgeo-model-{key}"
+        self.key = key
+        self.loaded = loaded
+        self.device = device
+        self.torch_threads = torch_threads
+        self._env: ExitStack | None = None
+
+    def setup(self, worker: Any) -> None:
+        """Move the model to the worker's device and register it for tasks."""
+        import rasterio
+
+        from rsscgeo.scene.plan import resolve_device
+
+        threads = self.torch_threads or max(1, (os.cpu_count() or 1) // worker.state.nthreads)
+        torch.set_num_threads(threads)
+        if "GDAL_CACHEMAX" not in os.environ:
+            self._env = ExitStack()
+            self._env.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES))
+        device = resolve_device(self.device)
+        model = self.loaded.model.to(device)
+        _WORKER_MODELS[self.key] = LoadedModel(model, self.loaded.card)
+
+    def teardown(self, worker: Any) -> None:
+        """Drop the model and restore GDAL's settings."""
+        _WORKER_MODELS.pop(self.key, None)
+        if self._env is not None:
+            self._env.close()
+
+
+def _run_chunk(work: Callable[[Chunk, LoadedModel], ChunkResult], chunk: Chunk, key: str) -> Any:
+    """The task: one chunk with this worker's copy of the model."""
+    loaded = _WORKER_MODELS.get(key)
+    if loaded is None:
+        raise ClusterError(
+            "a Dask worker has no rsscgeo model (its plugin failed to load); check the "
+            "worker's log, e.g. for a missing GPU or too little memory."
+        )
+    return work(chunk, loaded)
+
+
+@dataclass
+class Engine:
+    """A Dask client ready to run chunk tasks.
+
+    Attributes:
+        client: The connected client.
+        description: One line saying where tasks run, for the command's report.
+        torch_threads: Intra-op threads the model plugin sets on each worker.
+        device: Device setting passed to the workers.
+    """
+
+    client: Client
+    description: str
+    torch_threads: int | None
+    device: str
+    _models: dict[int, str] = field(default_factory=dict)
+
+    def install(self, loaded: LoadedModel) -> str:
+        """Send ``loaded`` to every worker once; returns the key tasks use."""
+        if id(loaded) in self._models:
+            return self._models[id(loaded)]
+        key = uuid.uuid4().hex[:12]
+        plugin = ModelPlugin(key, loaded, self.device, self.torch_threads)
+        try:
+            self.client.register_plugin(plugin)
+        except RsscgeoError:
+            raise
+        except Exception as err:
+            raise ClusterError(
+                f"the Dask workers cannot load the model ({_first_line(err)}); install "
+                "rsscgeo and its dependencies in the workers' environment."
+            ) from None
+        self._models[id(loaded)] = key
+        return key
+
+    @property
+    def threads(self) -> int:
+        """Task threads across all workers (at least 1)."""
+        nthreads: dict[str, int] = self.client.nthreads()
+        return max(1, sum(nthreads.values()))
+
+    def run(
+        self,
+        work: Callable[[Chunk, LoadedModel], ChunkResult],
+        key: str,
+        chunks: list[Chunk],
+        done: Callable[[Chunk], ChunkResult | None],
+        on_result: Callable[[ChunkResult], None],
+    ) -> Iterator[ChunkResult]:
+        """Results of ``chunks`` in order; ``done`` supplies those already finished.
+
+        ``on_result`` sees each newly computed result as soon as it arrives (to journal
+        and count it); results are yielded in chunk order once their turn comes.
+        """
+        window = IN_FLIGHT_PER_THREAD * self.threads
+        [work_future] = self.client.scatter([work], broadcast=True, hash=False)
+        running = as_completed(loop=self.client.loop)
+        positions: dict[Any, int] = {}  # task key -> position in ``chunks``
+        ready: dict[int, ChunkResult] = {}
+        submitted = 0
+        try:
+            for position in range(len(chunks)):
+                # Keep up to ``window`` chunks ahead of the one to yield next.
+                while submitted < len(chunks) and submitted < position + window:
+                    chunk = chunks[submitted]
+                    previous = done(chunk)
+                    if previous is not None:
+                        ready[submitted] = previous
+                    else:
+                        future = self.client.submit(
+                            _run_chunk, work_future, chunk, key, pure=False, key=_task_key(chunk)
+                        )
+                        positions[future.key] = submitted
+                        running.add(future)
+                    submitted += 1
+                while position not in ready:
+                    future = next(running)
+                    result = self._result(future)
+                    on_result(result)
+                    ready[positions.pop(future.key)] = result
+                    future.release()
+                yield ready.pop(position)
+        finally:
+            for future in running.futures:
+                future.cancel()
+            work_future.release()
+
+    def _result(self, future: Any) -> ChunkResult:
+        try:
+            result: ChunkResult = future.result()
+        except RsscgeoError:
+            raise
+        except (ModuleNotFoundError, ImportError) as err:
+            raise ClusterError(
+                f"a Dask worker cannot import what the task needs ({_first_line(err)}); install "
+                "rsscgeo in the workers' environment."
+            ) from None
+        return result
+
+
+@contextmanager
+def open_engine(
+    scheduler: str | None = None,
+    *,
+    workers: int | None = None,
+    processes: bool = False,
+    device: str = "auto",
+) -> Iterator[Engine]:
+    """Connect to ``scheduler`` (or ``DASK_SCHEDULER_ADDRESS``), or start a local cluster.
+
+    Raises:
+        ClusterError: If the scheduler cannot be reached.
+    """
+    address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    with ExitStack() as stack:
+        if address:
+            client = _connect(address)
+            stack.callback(client.close)
+            count = len(client.nthreads())
+            engine = Engine(
+                client,
+                f"Dask cluster at {address}: {count} workers, "
+                f"{sum(client.nthreads().values())} threads",
+                None,
+                device,
+            )
+        else:
+            engine = _local_engine(stack, workers, processes, device)
+        yield engine
+
+
+def _connect(address: str) -> Client:
+    try:
+        return Client(address, timeout="10s", set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as err:
+        raise ClusterError(
+            f"cannot reach the Dask scheduler at {address} ({_first_line(err)}); start one "
+            "with `dask scheduler` and workers with `dask worker ADDRESS`, or fix --scheduler."
+        ) from None
+
+
+def _local_engine(stack: ExitStack, workers: int | None, processes: bool, device: str) -> Engine:
+    from rsscgeo.scene.plan import resolve_device
+
+    cores = os.cpu_count() or 1
+    target = resolve_device(device)  # a missing GPU fails here, before any worker starts
+    quiet = {"dashboard_address": None, "silence_logs": logging.ERROR}
+    gpus = torch.cuda.device_count() if target.type == "cuda" and target.index is None else 0
+    if gpus > 1 and _has_dask_cuda():
+        from dask_cuda import LocalCUDACluster
+
+        cluster = stack.enter_context(LocalCUDACluster(**quiet))
+        description = f"local Dask cluster: one worker per GPU ({gpus})"
+        threads: int | None = None
+    elif processes:
+        count = workers or cores
+        cluster = stack.enter_context(
+            LocalCluster(n_workers=count, threads_per_worker=1, processes=True, **quiet)
+        )
+        description = f"local Dask cluster: {count} worker processes"
+        threads = max(1, cores // count)
+    else:
+        count = workers or cores
+        cluster = stack.enter_context(
+            LocalCluster(n_workers=1, threads_per_worker=count, processes=False, **quiet)
+        )
+        description = f"local Dask cluster: {count} threads in this process"
+        threads = max(1, cores // count)
+    client = stack.enter_context(Client(cluster, set_as_default=False))
+    return Engine(client, description, threads, str(target))
+
+
+def _has_dask_cuda() -> bool:
+    try:
+        import dask_cuda  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _task_key(chunk: Chunk) -> str:
+    return f"rsscgeo-chunk-{chunk.index}-{uuid.uuid4().hex[:8]}"
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -7,11 +7,19 @@ silently falls back to a default. Command-line overrides use the same dotted pat
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rsscgeo.backbones import InitSpec
 from rsscgeo.data.transforms import TransformConfig
@@ -60,14 +68,47 @@ class OptimConfig(_Strict):
 
 
 class TrainerConfig(_Strict):
-    """Lightning settings; ``limit_train_batches`` keeps smoke runs short."""
+    """Lightning settings; ``limit_train_batches`` keeps smoke runs short.
+
+    ``devices`` (per node) and ``num_nodes`` set how many processes train together;
+    with more than one, Lightning's ``strategy`` (``"auto"`` picks ``"ddp"``) runs
+    data-parallel training. ``optim.batch_size`` is then per process.
+    """
 
     accelerator: str = "auto"
-    devices: int | str = "auto"
+    devices: int | str | list[int] = Field(
+        default="auto",
+        description="Devices per node: a count, -1 or 'auto' (all), or GPU indexes like [0, 1].",
+    )
+    num_nodes: int = Field(default=1, ge=1, description="Machines taking part in training.")
+    strategy: str = Field(
+        default="auto",
+        min_length=1,
+        description="Lightning strategy for several devices, e.g. 'ddp' or "
+        "'ddp_find_unused_parameters_true'; 'auto' picks 'ddp' when needed.",
+    )
     precision: str = "32-true"
     num_workers: int = Field(default=2, ge=0)
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _device_spec(cls, value: object) -> object:
+        # Refused at load time, naming the key, before any data is read; Lightning checks
+        # the rest (e.g. more devices than the machine has) when the trainer is built.
+        if isinstance(value, list) and all(type(i) is int for i in value):
+            if not value or min(value) < 0 or len(set(value)) < len(value):
+                raise ValueError("a list of devices needs distinct GPU indexes >= 0, e.g. [0, 1]")
+        elif type(value) is int:
+            if value == 0 or value < -1:
+                raise ValueError("must be a device count >= 1, -1 or 'auto' (all devices)")
+        elif isinstance(value, str):
+            if value != "auto" and not re.fullmatch(r"-1|\d+(,\d+)*,?", value.replace(" ", "")):
+                raise ValueError(f"{value!r} is not 'auto', a count or GPU indexes such as '0,1'")
+        else:
+            raise ValueError("must be 'auto', a device count, -1 (all) or GPU indexes like [0, 1]")
+        return value
 
 
 class StageConfig(_Strict):

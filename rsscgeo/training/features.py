@@ -68,5 +68,8 @@ def cached_features(
         for name, (x, y) in result.items()
         for part, t in (("x", x), ("y", y))
     }
-    save_file(tensors, str(path))
+    # Written aside and renamed: an interrupted run never leaves a truncated cache to reuse.
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(path)
     return result

@@ -9,6 +9,10 @@ A run directory holds everything needed to trust and reuse the result::
     confusion.png       single-label only
     curves.png          training loss and validation metrics per epoch
     checkpoints/        Lightning checkpoints; a re-run resumes from last.ckpt
+
+With several processes (``trainer.devices``/``num_nodes``, DDP) every process trains;
+global rank 0 alone writes these files and scores the held-out split, so ``out_dir``
+must be on a filesystem that every node sees (all of them resume from last.ckpt).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
@@ -46,6 +51,10 @@ from rsscgeo.training.task import SceneClassificationTask
 MODEL_FILE = "model.safetensors"
 
 
+# A trained network with its logits and the labels of the held-out split.
+Fitted = tuple[torch.nn.Module, torch.Tensor, torch.Tensor]
+
+
 @dataclass(frozen=True)
 class RunResult:
     """Where a finished stage put its model and what it scored."""
@@ -56,9 +65,16 @@ class RunResult:
 
 
 def train(config: RunConfig, *, resume: bool = True) -> list[RunResult]:
-    """Run every stage of ``config``: one, or source then target for ``dapt``."""
+    """Run every stage of ``config``: one, or source then target for ``dapt``.
+
+    In a distributed run only global rank 0 returns the results; the other processes
+    train alongside it and return an empty list.
+
+    Raises:
+        ConfigError: If the config cannot run (e.g. ``linear`` on several devices).
+    """
     if config.protocol != "dapt":
-        return [_run_stage(config, config.protocol, resume=resume)]
+        return _finished(_run_stage(config, config.protocol, resume=resume))
     assert config.source is not None
     source = config.model_copy(
         update={
@@ -69,31 +85,51 @@ def train(config: RunConfig, *, resume: bool = True) -> list[RunResult]:
         }
     )
     first = _run_stage(source, "dapt-source", resume=resume)
+    # Every process starts from the model file rank 0 wrote (the path is known on all).
     chained = config.model.model_copy(
-        update={"init": InitSpec(kind="rsscgeo", path=first.model_path)}
+        update={"init": InitSpec(kind="rsscgeo", path=source.out_dir / MODEL_FILE)}
     )
     target = config.model_copy(
         update={"model": chained, "source": None, "out_dir": config.out_dir / "target"}
     )
-    (config.out_dir / "config.yaml").write_text(dump_config(config))
-    return [first, _run_stage(target, "dapt-target", resume=resume)]
+    if first is not None:
+        (config.out_dir / "config.yaml").write_text(dump_config(config))
+    return _finished(first, _run_stage(target, "dapt-target", resume=resume))
 
 
-def _run_stage(config: RunConfig, protocol: str, *, resume: bool) -> RunResult:
+def _finished(*results: RunResult | None) -> list[RunResult]:
+    return [result for result in results if result is not None]
+
+
+def _run_stage(config: RunConfig, protocol: str, *, resume: bool) -> RunResult | None:
+    """Train, score and write one stage; ``None`` on processes other than global rank 0."""
     out = config.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.seed, workers=True, verbose=False)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    trainer = build_trainer(config)
+    if protocol == "linear" and _world_size(trainer) > 1:
+        raise ConfigError(
+            "protocol 'linear' runs in one process (it caches features once and trains a "
+            f"single layer), not {_world_size(trainer)}; set trainer.devices: 1 and "
+            "trainer.num_nodes: 1 for linear evaluation."
+        )
+    # A later stage (dapt's target) starts from files rank 0 wrote at the end of the
+    # previous one; wait for them. A no-op until a fit has formed the process group.
+    trainer.strategy.barrier("rsscgeo-stage")
     catalog = open_catalog(config.data.path)
     check_images([item.path for item in catalog.items])
     colors = class_colors(list(catalog.classes), config.data.colors)
-    split = _split(config, catalog)
-    write_split(out / "split.csv", split)
-    (out / "config.yaml").write_text(dump_config(config))
+    split = _split(config, catalog)  # seeded: the same on every process
+    if _is_rank_zero(trainer):
+        out.mkdir(parents=True, exist_ok=True)
+        write_split(out / "split.csv", split)
+        (out / "config.yaml").write_text(dump_config(config))
 
-    if protocol == "linear":
-        network, logits, labels = _fit_linear(config, catalog, split, resume=resume)
-    else:
-        network, logits, labels = _fit_network(config, catalog, split, resume=resume)
+    fit = _fit_linear if protocol == "linear" else _fit_network
+    fitted = fit(config, trainer, catalog, split, resume=resume)
+    if fitted is None:
+        return None
+    network, logits, labels = fitted
     metrics = score(catalog.task, logits, labels, list(catalog.classes))
     card = _card(config, catalog, colors, protocol, metrics, out / "split.csv")
     model_path = save_model(out / MODEL_FILE, network, card, half=config.half_precision_file)
@@ -136,55 +172,94 @@ def build_task(config: RunConfig, catalog: Catalog, **extra: Any) -> SceneClassi
 
 
 def build_trainer(config: RunConfig) -> L.Trainer:
-    """The Lightning trainer a run uses: CSV logs and last.ckpt in ``out_dir``."""
+    """The Lightning trainer a run uses: CSV logs and last.ckpt in ``out_dir``.
+
+    Raises:
+        ConfigError: If Lightning refuses the ``trainer`` settings (an unknown strategy,
+            more GPUs than the machine has, ...).
+    """
     t = config.trainer
-    return L.Trainer(
-        max_epochs=config.optim.epochs,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        precision=t.precision,  # type: ignore[arg-type]  # validated by Lightning
-        limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_val_batches,
-        num_sanity_val_steps=0,
-        logger=CSVLogger(config.out_dir, name="logs"),  # a version_N per (resumed) fit
-        # Only last.ckpt: the run's product is model.safetensors, checkpoints serve resuming.
-        callbacks=[
-            ModelCheckpoint(dirpath=config.out_dir / "checkpoints", save_last=True, save_top_k=0)
-        ],
-        log_every_n_steps=10,
-        enable_model_summary=False,
-    )
+    try:
+        return L.Trainer(
+            max_epochs=config.optim.epochs,
+            accelerator=t.accelerator,
+            devices=t.devices,
+            num_nodes=t.num_nodes,
+            strategy=t.strategy,
+            precision=t.precision,  # type: ignore[arg-type]  # validated by Lightning
+            limit_train_batches=t.limit_train_batches,
+            limit_val_batches=t.limit_val_batches,
+            num_sanity_val_steps=0,
+            logger=CSVLogger(config.out_dir, name="logs"),  # a version_N per (resumed) fit
+            # Only last.ckpt: the run's product is model.safetensors, checkpoints serve resuming.
+            callbacks=[
+                ModelCheckpoint(
+                    dirpath=config.out_dir / "checkpoints", save_last=True, save_top_k=0
+                )
+            ],
+            log_every_n_steps=10,
+            enable_model_summary=False,
+        )
+    except (MisconfigurationException, ValueError, TypeError) as err:
+        raise ConfigError(
+            f"trainer settings rejected by Lightning: {err} (check trainer.accelerator, "
+            "devices, num_nodes, strategy and precision)"
+        ) from None
+
+
+def _world_size(trainer: L.Trainer) -> int:
+    """How many processes train together; known before ``fit``, unlike ``world_size``."""
+    return trainer.num_nodes * trainer.num_devices
+
+
+def _is_rank_zero(trainer: L.Trainer) -> bool:
+    """Whether this process is global rank 0, known before ``fit``.
+
+    Lightning sets ranks inside ``fit``, from node rank and local rank (LOCAL_RANK and
+    NODE_RANK, or torchrun's or SLURM's variables); rank 0 is local rank 0 of node 0.
+    Files written before training use this so that they are written once.
+    """
+    return trainer.node_rank == 0 and trainer.local_rank == 0
 
 
 def _fit(
-    config: RunConfig, task: SceneClassificationTask, train: Any, val: Any, *, resume: bool
+    config: RunConfig,
+    trainer: L.Trainer,
+    task: SceneClassificationTask,
+    train: Any,
+    val: Any,
+    *,
+    resume: bool,
 ) -> None:
     checkpoints = config.out_dir / "checkpoints"
     if not resume:
+        # Every process removes them so that all decide alike whether to resume; none
+        # writes a checkpoint before all have joined inside fit.
         shutil.rmtree(checkpoints, ignore_errors=True)
     last = checkpoints / "last.ckpt"
     # Resuming restores optimizer, scheduler and epoch; loaded without unpickling code.
     ckpt = str(last) if last.exists() else None
     batch = config.optim.batch_size
     workers = config.trainer.num_workers
+    # Under DDP Lightning gives each process a 1/world share of the training set.
+    share = -(-len(train) // _world_size(trainer))
     train_loader = DataLoader(
         train,
         batch_size=batch,
         shuffle=True,
         num_workers=workers,
-        drop_last=len(train) > batch,
+        drop_last=share > batch,
         persistent_workers=workers > 0,
     )
     val_loader = DataLoader(
         val, batch_size=batch, num_workers=workers, persistent_workers=workers > 0
     )
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    build_trainer(config).fit(task, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
+    trainer.fit(task, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
 
 
 def _fit_network(
-    config: RunConfig, catalog: Catalog, split: Split, *, resume: bool
-) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    config: RunConfig, trainer: L.Trainer, catalog: Catalog, split: Split, *, resume: bool
+) -> Fitted | None:
     mean, std, bands = config.model.mean, config.model.std, len(config.data.bands)
     scale = config.data.input_scale
     train = TileDataset(
@@ -194,19 +269,22 @@ def _fit_network(
         split.test, build_transform(config.eval_transform, mean, std, train=False), scale, bands
     )
     task = build_task(config, catalog)
-    _fit(config, task, train, test, resume=resume)
+    _fit(config, trainer, task, train, test, resume=resume)
+    if not trainer.is_global_zero:
+        return None  # rank 0 alone scores the whole held-out split: nothing counted twice
     from rsscgeo.training.evaluate import predict
 
-    network = task.model.cpu().eval()
+    # Lightning hands the model back on the CPU; score it on the training device.
+    network = task.model.to(trainer.strategy.root_device).eval()
     logits, labels = predict(
         network, test, batch_size=config.optim.batch_size, num_workers=config.trainer.num_workers
     )
-    return network, logits, labels
+    return network.cpu(), logits, labels
 
 
 def _fit_linear(
-    config: RunConfig, catalog: Catalog, split: Split, *, resume: bool
-) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    config: RunConfig, trainer: L.Trainer, catalog: Catalog, split: Split, *, resume: bool
+) -> Fitted:
     from rsscgeo.backbones import build_network
 
     backbone = build_network(
@@ -231,6 +309,7 @@ def _fit_linear(
     task = build_task(config, catalog, head_in_features=train_x.shape[1])
     _fit(
         config,
+        trainer,
         task,
         FeatureDataset(train_x, train_y),
         FeatureDataset(test_x, test_y),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 TINY = {
@@ -42,3 +44,19 @@ def write_config(
             config[key] = value
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+class SlowMeanColour(torch.nn.Module):
+    """Mean colour + linear layer that sleeps per batch, so a run lasts long enough to be
+    interrupted. Lives here (not in a test module) so Dask worker processes started with
+    ``tests/`` on their PYTHONPATH can unpickle it."""
+
+    def __init__(self, seconds: float = 0.05, classes: int = 30) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = torch.nn.Linear(3, classes)
+        self.seconds = seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        return self.head(x.mean(dim=(2, 3)))

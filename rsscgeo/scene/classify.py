@@ -112,8 +112,11 @@ def classify_scene(
     summary = ClassifySummary(grid, outputs, notes=notes)
     with ExitStack() as stack:
         stack.enter_context(lock_outputs(outputs))
-        for path in outputs:  # under the lock: a run that just finished has written it
-            if path.exists() and not overwrite:
+        # Checked under the lock: a run that just finished has written its outputs. A
+        # run being resumed may have moved some into place before it was killed.
+        resuming = resume and journal_dir(outputs[0]).exists()
+        for path in outputs:
+            if path.exists() and not (overwrite or resuming):
                 raise OutputExistsError(f"{path} exists; pass --overwrite to replace it.")
         if engine is None:
             engine = stack.enter_context(

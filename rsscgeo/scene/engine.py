@@ -243,7 +243,8 @@ def _local_engine(stack: ExitStack, workers: int | None, processes: bool, device
 
     cores = os.cpu_count() or 1
     target = resolve_device(device)  # a missing GPU fails here, before any worker starts
-    quiet = {"dashboard_address": None, "silence_logs": logging.ERROR}
+    # The scheduler serves HTTP even without a dashboard: any free port, never a clash.
+    quiet = {"dashboard_address": ":0", "silence_logs": logging.ERROR}
     gpus = torch.cuda.device_count() if target.type == "cuda" and target.index is None else 0
     if gpus > 1 and _has_dask_cuda():
         from dask_cuda import LocalCUDACluster

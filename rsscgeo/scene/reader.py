@@ -7,7 +7,9 @@ with a validity mask (nodata, masks and alpha bands respected).
 
 from __future__ import annotations
 
+import socket
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,8 +86,14 @@ def inspect_scenes(paths: list[Path]) -> SceneInfo:
         elif crs != first["crs"]:
             reprojected.append(path)
     _check_overlap(paths, footprints, first["crs"])
+    # Absolute paths: Dask workers may run in another working directory.
     return SceneInfo(
-        tuple(paths), first["crs"], first["res"], first["count"], first["dtype"], tuple(reprojected)
+        tuple(p.absolute() for p in paths),
+        first["crs"],
+        first["res"],
+        first["count"],
+        first["dtype"],
+        tuple(reprojected),
     )
 
 
@@ -136,14 +144,32 @@ class SceneReader:
 
     @property
     def dataset(self) -> Any:
-        """The TorchGeo mosaic, opened once per thread."""
+        """The TorchGeo mosaic, opened once per thread.
+
+        Raises:
+            SceneError: If this process cannot open the files (e.g. a Dask worker on a
+                machine without the client's filesystem).
+        """
         dataset = getattr(self._local, "dataset", None)
         if dataset is None:
             from rsscgeo._torchgeo import MosaicDataset
 
-            dataset = MosaicDataset(
-                [str(p) for p in self.paths], self.band_indexes, self.resolution, reuse_buffer=True
-            )
+            try:
+                with warnings.catch_warnings():
+                    # TorchGeo warns about a missing file before failing; our error says it.
+                    warnings.simplefilter("ignore", UserWarning)
+                    dataset = MosaicDataset(
+                        [str(p) for p in self.paths],
+                        self.band_indexes,
+                        self.resolution,
+                        reuse_buffer=True,
+                    )
+            except (OSError, RasterioError) as err:
+                raise SceneError(
+                    f"cannot open {', '.join(map(str, self.paths))} on {socket.gethostname()} "
+                    f"({_first_line(err)}); every Dask worker needs the scene at the same path "
+                    "(a shared filesystem)."
+                ) from None
             self._local.dataset = dataset
         return dataset
 
@@ -167,7 +193,13 @@ class SceneReader:
         left, bottom, right, top = grid.chunk_bounds(chunk)
         _, _, t = self.dataset.bounds
         xres, yres = self.resolution
-        sample = self.dataset[left:right:xres, bottom:top:yres, t.start : t.stop]
+        try:
+            sample = self.dataset[left:right:xres, bottom:top:yres, t.start : t.stop]
+        except RasterioError as err:
+            raise SceneError(
+                f"reading {', '.join(map(str, self.paths))} failed ({_first_line(err)}); the "
+                "file may be truncated or corrupt: check it with gdalinfo -checksum."
+            ) from None
         image = sample["image"].numpy()
         return image[:-1], image[-1] > 0
 

@@ -160,8 +160,11 @@ def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(
 ) -> None:
     import rsscgeo.scene.classify as engine
 
-    monkeypatch.setattr(engine, "CHUNK_PIXELS", 300)  # 6x6-patch chunks: 3x3 chunks
-    scene, args = CASES["striped_nodata"], ("--stride", "50", "--workers", "1")
+    # 6x6-patch chunks: 3x3 chunks
+    scene, args = (
+        CASES["striped_nodata"],
+        ("--stride", "50", "--workers", "1", "--chunk-size", "300"),
+    )
     original, calls = engine.ChunkWork.__call__, []
 
     def counted(self, chunk, loaded):
@@ -216,19 +219,37 @@ def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(
 def test_resume_refuses_a_journal_of_another_job(tmp_path: Path, run_cli, monkeypatch) -> None:
     import rsscgeo.scene.classify as engine
 
-    monkeypatch.setattr(engine, "CHUNK_PIXELS", 300)
     original = engine.ChunkWork.__call__
+
     def fails(self, chunk, loaded):
         raise RuntimeError("x")
 
     monkeypatch.setattr(engine.ChunkWork, "__call__", fails)
     out = tmp_path / "o.tif"
     assert (
-        run_cli("classify", CASES["striped_nodata"], "--out", out, "--stride", "50").exit_code != 0
+        run_cli(
+            "classify",
+            CASES["striped_nodata"],
+            "--out",
+            out,
+            "--stride",
+            "50",
+            "--chunk-size",
+            "300",
+        ).exit_code
+        != 0
     )
     monkeypatch.setattr(engine.ChunkWork, "__call__", original)
     result = run_cli(
-        "classify", CASES["striped_nodata"], "--out", out, "--stride", "75", "--resume"
+        "classify",
+        CASES["striped_nodata"],
+        "--out",
+        out,
+        "--stride",
+        "75",
+        "--resume",
+        "--chunk-size",
+        "300",
     )
     assert_one_line_error(result, "other inputs or options", "without --resume")
 
@@ -358,12 +379,17 @@ def test_parallel_reads_are_thread_safe(tmp_path: Path, monkeypatch: pytest.Monk
     )
     torch.manual_seed(0)
     loaded = LoadedModel(_MeanColour().eval(), load_model(BUNDLED_MODEL).card)
-    monkeypatch.setattr(engine, "CHUNK_PIXELS", 300)  # 64 chunks of 2x2 patches
     results = []
     for workers in (1, 2, 2):
         out = tmp_path / f"w{workers}_{len(results)}.tif"
         engine.classify_scene(
-            [scene], loaded, geotiff=out, workers=workers, stride=75, progress=False
+            [scene],
+            loaded,
+            geotiff=out,
+            workers=workers,
+            stride=75,
+            progress=False,
+            chunk_pixels=300,  # 64 chunks of 2x2 patches
         )
         with rasterio.open(out) as src:
             results.append(src.read())

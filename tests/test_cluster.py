@@ -290,3 +290,33 @@ def test_two_runs_on_one_output_one_refuses(tmp_path: Path, run_cli) -> None:
     assert process.wait(timeout=300) == 0, log.read_text()
     assert_same_outputs(reference, first)
     assert not list(tmp_path.glob(".shared*"))  # no lock, journal or temporary file left
+
+
+def test_out_dir_classifies_each_scene_on_worker_processes(tmp_path: Path, run_cli) -> None:
+    other = tmp_path / "in" / "naip copy é.tif"  # a space and unicode in the name
+    other.parent.mkdir()
+    other.write_bytes(SCENE.read_bytes())
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_cli(
+        "classify", SCENE, other, "--out-dir", out, "--format", "gpkg", "--format", "tif",
+        "--processes", "--workers", "2",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "2 worker processes" in result.output
+    assert sorted(p.name for p in out.iterdir() if p.suffix in (".gpkg", ".tif")) == [
+        "naip copy é.gpkg", "naip copy é.tif", "naip_2020_rgbn.gpkg", "naip_2020_rgbn.tif",
+    ]  # fmt: skip
+    assert_same_outputs(outputs(out, "naip_2020_rgbn"), outputs(out, "naip copy é"))
+    local = outputs(tmp_path, "local")
+    assert run_cli("classify", SCENE, "--out", local[0], "--out", local[1]).exit_code == 0
+    pixels, _ = read_outputs(*local)
+    np.testing.assert_array_equal(pixels, read_outputs(*outputs(out, "naip_2020_rgbn"))[0])
+
+
+def test_out_dir_refuses_two_scenes_of_one_name(tmp_path: Path, run_cli) -> None:
+    twin = tmp_path / "a" / SCENE.name
+    twin.parent.mkdir()
+    twin.write_bytes(SCENE.read_bytes())
+    result = run_cli("classify", SCENE, twin, "--out-dir", tmp_path)
+    assert_one_line_error(result, "two scenes are named", "rename one")

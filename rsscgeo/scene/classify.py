@@ -10,6 +10,7 @@ on the number of workers or on interruptions.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -31,9 +32,13 @@ from rsscgeo.scene.plan import ScenePlan, plan_scene
 from rsscgeo.scene.reader import SceneReader
 from rsscgeo.scene.writers import GeoPackageWriter, GeoTiffWriter
 
-# Chunks are about this many pixels on a side by default: large reads, a few hundred
-# patches each, a few tens of MB per task in flight.
+# Chunks are at most this many pixels on a side by default: large reads, a few hundred
+# patches each, a few tens of MB per task in flight...
 CHUNK_PIXELS = 2048
+# ...and small enough that a scene makes at least this many chunks, so that several
+# workers share even a small scene. Neither depends on the worker count, so a run can
+# be resumed on another cluster.
+MIN_CHUNKS = 16
 
 
 @dataclass
@@ -76,8 +81,8 @@ def classify_scene(
 ) -> ClassifySummary:
     """Classify ``scenes`` (one mosaic) patch by patch and write the requested outputs.
 
-    Each task reads a chunk of whole patches about ``chunk_pixels`` (default
-    ``CHUNK_PIXELS``) on a side. Tasks run on ``engine`` when given (several scenes
+    Each task reads a chunk of whole patches about ``chunk_pixels`` on a side
+    (default: see ``chunk_side``). Tasks run on ``engine`` when given (several scenes
     can share one), else on a cluster opened for this call from ``scheduler``,
     ``workers``, ``processes`` and ``device`` (see ``engine.open_engine``). Finished
     chunks are journaled beside the first output; ``resume`` continues an interrupted
@@ -107,7 +112,7 @@ def classify_scene(
         "resolution": list(plan.reader.resolution),
         "min_valid": min_valid,
         "scaling": [scaling.low, scaling.high],
-        "chunk_pixels": chunk_pixels or CHUNK_PIXELS,
+        "chunk_side": chunk_side(grid, chunk_pixels),
     }
     summary = ClassifySummary(grid, outputs, notes=notes)
     with ExitStack() as stack:
@@ -129,7 +134,7 @@ def classify_scene(
         )
         work = ChunkWork.for_plan(plan, loaded, min_valid=min_valid, batch_size=batch_size)
         key = engine.install(loaded)
-        chunks = list(grid.chunks(max(1, (chunk_pixels or CHUNK_PIXELS) // grid.stride)))
+        chunks = list(grid.chunks(chunk_side(grid, chunk_pixels)))
         start = time.perf_counter()
         writers: list[GeoPackageWriter | GeoTiffWriter] = []
         try:
@@ -220,6 +225,18 @@ class ChunkWork:
             min_valid=self.min_valid,
             batch_size=self.batch_size,
         )
+
+
+def chunk_side(grid: PatchGrid, chunk_pixels: int | None = None) -> int:
+    """Patches per chunk side for ``grid``.
+
+    ``chunk_pixels`` if given; else up to ``CHUNK_PIXELS`` and small enough for
+    ``MIN_CHUNKS`` chunks.
+    """
+    if chunk_pixels:
+        return max(1, chunk_pixels // grid.stride)
+    spread = math.isqrt(grid.rows * grid.cols // MIN_CHUNKS)
+    return max(1, min(CHUNK_PIXELS // grid.stride, spread))
 
 
 def _count(summary: ClassifySummary, result: ChunkResult, names: list[str]) -> None:

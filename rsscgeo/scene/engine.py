@@ -204,8 +204,12 @@ def open_engine(
     workers: int | None = None,
     processes: bool = False,
     device: str = "auto",
+    torch_threads: int | None = None,
 ) -> Iterator[Engine]:
     """Connect to ``scheduler`` (or ``DASK_SCHEDULER_ADDRESS``), or start a local cluster.
+
+    ``torch_threads`` (intra-op threads per worker process) defaults to the cores
+    divided among the task threads.
 
     Raises:
         ClusterError: If the scheduler cannot be reached.
@@ -220,11 +224,12 @@ def open_engine(
                 client,
                 f"Dask cluster at {address}: {count} workers, "
                 f"{sum(client.nthreads().values())} threads",
-                None,
+                torch_threads,
                 device,
             )
         else:
             engine = _local_engine(stack, workers, processes, device)
+            engine.torch_threads = torch_threads or engine.torch_threads
         yield engine
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import inspect
 import io
 import json
 import math
@@ -450,7 +449,6 @@ def _instrument(loaded: LoadedModel) -> tuple[LoadedModel, _Stages]:
     writers.GeoTiffWriter.finish = stages.wrap(  # type: ignore[method-assign]
         "GeoTiffWriter.finish (COG copy)", writers.GeoTiffWriter.finish
     )
-    classify.compute = stages.wrap("dask compute (wave wall)", classify.compute)
     timed = LoadedModel(model=_TimedModel(loaded.model, stages).eval(), card=loaded.card)
     return timed, stages
 
@@ -496,36 +494,25 @@ def e2e_child(argv: Sequence[str]) -> None:
     workers = args.workers
     profiler: cProfile.Profile | None = None
     if args.mode == "cprofile":
-        compute = classify.compute
-
-        def sync_compute(*tasks: Any, **_: Any) -> Any:
-            return compute(*tasks, scheduler="sync")
-
-        classify.compute = sync_compute
+        # cProfile sees only its own thread: run the chunk tasks one after another here,
+        # without the Dask engine (whose overhead the stage timings show).
         workers = 1
         profiler = cProfile.Profile()
     baseline_mb = _peak_rss_mb()
     started = time.perf_counter()
     if profiler is not None:
-        profiler.enable()
-    # Newer versions take a device (default "auto", the GPU when there is one).
-    options = (
-        {"device": args.device}
-        if "device" in inspect.signature(classify.classify_scene).parameters
-        else {}
-    )
-    summary = classify.classify_scene(
-        [args.scene],
-        loaded,
-        geotiff=args.out,
-        batch_size=args.batch_size,
-        workers=workers,
-        overwrite=True,
-        progress=False,
-        **options,
-    )
-    if profiler is not None:
-        profiler.disable()
+        summary = _run_chunks_in_this_thread(args.scene, loaded, args.batch_size, profiler)
+    else:
+        summary = classify.classify_scene(
+            [args.scene],
+            loaded,
+            geotiff=args.out,
+            batch_size=args.batch_size,
+            workers=workers,
+            overwrite=True,
+            progress=False,
+            device=args.device,
+        )
     seconds = time.perf_counter() - started
     peak_mb = _peak_rss_mb()
     if stages is not None:
@@ -541,14 +528,14 @@ def e2e_child(argv: Sequence[str]) -> None:
         )
         idle = summary.seconds * used - busy
         print(
-            f"  {'idle worker time (waves, imbalance)':<40} {idle:>8.2f} s  "
+            f"  {'idle worker time (Dask, imbalance)':<40} {idle:>8.2f} s  "
             f"({100 * idle / (summary.seconds * used):.0f} % of the thread-s)"
         )
     if profiler is not None:
         text = io.StringIO()
         stats = pstats.Stats(profiler, stream=text)
         stats.sort_stats("tottime").print_stats(22)
-        print("cProfile (one worker, sync scheduler), top by own time:")
+        print("cProfile (chunk tasks run one by one in one thread, no Dask), top by own time:")
         body = text.getvalue().split("ncalls", 1)[-1]
         print("   ncalls" + body.rstrip())
     print("@@json")
@@ -566,6 +553,27 @@ def e2e_child(argv: Sequence[str]) -> None:
             }
         )
     )
+
+
+def _run_chunks_in_this_thread(
+    scene: Path, loaded: LoadedModel, batch_size: int, profiler: cProfile.Profile
+) -> Any:
+    """Every chunk task of ``scene`` in this thread under ``profiler``; a run summary."""
+    import rsscgeo.scene.classify as classify
+    from rsscgeo.scene.plan import plan_scene
+
+    plan = plan_scene([scene], loaded)
+    work = classify.ChunkWork.for_plan(plan, loaded, min_valid=0.5, batch_size=batch_size)
+    summary = classify.ClassifySummary(plan.grid, [])
+    started = time.perf_counter()
+    profiler.enable()
+    for chunk in plan.grid.chunks(classify.chunk_side(plan.grid)):
+        result = work(chunk, loaded)
+        summary.classified += int(result.classified.sum())
+        summary.skipped += int((~result.classified).sum())
+    profiler.disable()
+    summary.seconds = time.perf_counter() - started
+    return summary
 
 
 # --------------------------------------------------------------------------- (4) TorchGeo

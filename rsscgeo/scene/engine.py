@@ -43,47 +43,60 @@ GDAL_CACHE_BYTES = 128 * 2**20
 _WORKER_MODELS: dict[str, LoadedModel] = {}
 
 
-class ModelPlugin(WorkerPlugin):
-    """Puts the model on each worker once, on the worker's device, and tunes the worker.
+@dataclass
+class WorkerSetup:
+    """What a worker process needs before its tasks run.
 
     Attributes:
         key: Name the tasks look the model up by.
-        loaded: The model (sent to each worker once, with the plugin).
+        loaded: The model.
         device: ``auto`` (the worker's GPU when it has one), ``cpu`` or ``cuda[:i]``.
         torch_threads: Intra-op threads per worker process; ``None`` divides the
             worker machine's cores among the worker's task threads.
     """
 
-    def __init__(
-        self, key: str, loaded: LoadedModel, device: str, torch_threads: int | None
-    ) -> None:
-        self.name = f"rsscgeo-model-{key}"
-        self.key = key
-        self.loaded = loaded
-        self.device = device
-        self.torch_threads = torch_threads
-        self._env: ExitStack | None = None
+    key: str
+    loaded: LoadedModel
+    device: str
+    torch_threads: int | None
 
-    def setup(self, worker: Any) -> None:
-        """Move the model to the worker's device and register it for tasks."""
+    def apply(self, task_threads: int) -> ExitStack:
+        """Put the model on this process's device and tune the process for tasks.
+
+        Returns:
+            What undoes the GDAL settings (close it when the worker stops).
+        """
         import rasterio
 
         from rsscgeo.scene.plan import resolve_device
 
-        threads = self.torch_threads or max(1, (os.cpu_count() or 1) // worker.state.nthreads)
+        threads = self.torch_threads or max(1, (os.cpu_count() or 1) // task_threads)
         torch.set_num_threads(threads)
+        undo = ExitStack()
         if "GDAL_CACHEMAX" not in os.environ:
-            self._env = ExitStack()
-            self._env.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES))
-        device = resolve_device(self.device)
-        model = self.loaded.model.to(device)
+            undo.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES))
+        model = self.loaded.model.to(resolve_device(self.device))
         _WORKER_MODELS[self.key] = LoadedModel(model, self.loaded.card)
+        undo.callback(_WORKER_MODELS.pop, self.key, None)
+        return undo
+
+
+class ModelPlugin(WorkerPlugin):
+    """Sends a ``WorkerSetup`` (with the model) to each worker once and applies it there."""
+
+    def __init__(self, setup: WorkerSetup) -> None:
+        self.name = f"rsscgeo-model-{setup.key}"
+        self.worker_setup = setup
+        self._undo: ExitStack | None = None
+
+    def setup(self, worker: Any) -> None:
+        """Apply the setup in the worker's process."""
+        self._undo = self.worker_setup.apply(worker.state.nthreads)
 
     def teardown(self, worker: Any) -> None:
         """Drop the model and restore GDAL's settings."""
-        _WORKER_MODELS.pop(self.key, None)
-        if self._env is not None:
-            self._env.close()
+        if self._undo is not None:
+            self._undo.close()
 
 
 def _run_chunk(work: Callable[[Chunk, LoadedModel], ChunkResult], chunk: Chunk, key: str) -> Any:
@@ -112,25 +125,48 @@ class Engine:
     description: str
     torch_threads: int | None
     device: str
+    in_process: bool = False
     _models: dict[int, str] = field(default_factory=dict)
+    _undo: ExitStack = field(default_factory=ExitStack)
 
     def install(self, loaded: LoadedModel) -> str:
-        """Send ``loaded`` to every worker once; returns the key tasks use."""
+        """Get ``loaded`` to every worker once; returns the key tasks use.
+
+        Workers inside this process share ``loaded`` itself; others get a copy through
+        a worker plugin.
+
+        Raises:
+            ClusterError: If the workers cannot load the model.
+        """
         if id(loaded) in self._models:
             return self._models[id(loaded)]
-        key = uuid.uuid4().hex[:12]
-        plugin = ModelPlugin(key, loaded, self.device, self.torch_threads)
+        setup = WorkerSetup(uuid.uuid4().hex[:12], loaded, self.device, self.torch_threads)
+        if self.in_process:
+            self._undo.enter_context(setup.apply(self.threads))
+        else:
+            self._register(ModelPlugin(setup))
+        self._models[id(loaded)] = setup.key
+        return setup.key
+
+    def close(self) -> None:
+        """Forget the models installed in this process and restore GDAL's settings."""
+        self._undo.close()
+
+    def _register(self, plugin: ModelPlugin) -> None:
         try:
             self.client.register_plugin(plugin)
         except RsscgeoError:
             raise
+        except ImportError as err:
+            raise ClusterError(
+                f"the Dask workers cannot import what the model needs ({_first_line(err)}); "
+                "install rsscgeo and its dependencies in the workers' environment."
+            ) from None
         except Exception as err:
             raise ClusterError(
-                f"the Dask workers cannot load the model ({_first_line(err)}); install "
-                "rsscgeo and its dependencies in the workers' environment."
+                f"the model cannot be sent to the Dask workers ({_first_line(err)}); models "
+                "must pickle (rsscgeo's own do), and the workers need rsscgeo installed."
             ) from None
-        self._models[id(loaded)] = key
-        return key
 
     @property
     def threads(self) -> int:
@@ -230,6 +266,7 @@ def open_engine(
         else:
             engine = _local_engine(stack, workers, processes, device)
             engine.torch_threads = torch_threads or engine.torch_threads
+        stack.callback(engine.close)
         yield engine
 
 
@@ -251,6 +288,7 @@ def _local_engine(stack: ExitStack, workers: int | None, processes: bool, device
     # The scheduler serves HTTP even without a dashboard: any free port, never a clash.
     quiet = {"dashboard_address": ":0", "silence_logs": logging.ERROR}
     gpus = torch.cuda.device_count() if target.type == "cuda" and target.index is None else 0
+    in_process = False
     if gpus > 1 and _has_dask_cuda():
         from dask_cuda import LocalCUDACluster
 
@@ -270,9 +308,12 @@ def _local_engine(stack: ExitStack, workers: int | None, processes: bool, device
             LocalCluster(n_workers=1, threads_per_worker=count, processes=False, **quiet)
         )
         description = f"local Dask cluster: {count} threads in this process"
+        if gpus > 1:
+            description += f" (one of {gpus} GPUs; install dask-cuda to use all)"
         threads = max(1, cores // count)
+        in_process = True
     client = stack.enter_context(Client(cluster, set_as_default=False))
-    return Engine(client, description, threads, str(target))
+    return Engine(client, description, threads, str(target), in_process=in_process)
 
 
 def _has_dask_cuda() -> bool:

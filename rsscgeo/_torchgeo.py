@@ -7,6 +7,7 @@ module.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy.typing as npt
 import rasterio.merge
 import torch
 from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import NodataShadowWarning
 from torchgeo.datasets import RasterDataset
 from torchgeo.trainers import ClassificationTask
 
@@ -80,14 +82,17 @@ class MosaicDataset(RasterDataset):
         if len(handles) == 1:
             self._read_into(out, handles[0], bounds, (x.step, y.step))
         else:
-            merged, _ = rasterio.merge.merge(
-                handles,
-                bounds,
-                (x.step, y.step),
-                indexes=self.bands_read,
-                resampling=self.resampling,
-                masked=True,
-            )
+            with warnings.catch_warnings():
+                # A file with nodata and alpha: the nodata value decides, as in GDAL.
+                warnings.simplefilter("ignore", NodataShadowWarning)
+                merged, _ = rasterio.merge.merge(
+                    handles,
+                    bounds,
+                    (x.step, y.step),
+                    indexes=self.bands_read,
+                    resampling=self.resampling,
+                    masked=True,
+                )
             out[:-1] = np.ma.filled(merged, 0)
             out[-1] = ~np.ma.getmaskarray(merged).any(axis=0)
         return torch.from_numpy(out)

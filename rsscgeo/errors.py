@@ -36,6 +36,10 @@ class OutputExistsError(RsscgeoError, FileExistsError):
     """An output already exists and overwriting was not requested."""
 
 
+class OutputError(RsscgeoError, OSError):
+    """An output cannot be written where it was asked for (a file in the way, no permission)."""
+
+
 class DependencyMissingError(RsscgeoError, ImportError):
     """An optional dependency needed for this operation is not installed."""
 

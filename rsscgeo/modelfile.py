@@ -9,9 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import pickletools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -34,6 +35,9 @@ Task = Literal["multiclass", "multilabel"]
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTOCOL_OPCODE = 0x80
+_PICKLE_PROTOCOLS = {bytes([n]) for n in range(2, 6)}
+# A safetensors file starts with its JSON header's length (u64, little-endian), then "{".
+_SAFETENSORS_HEADER_START = 8
 
 
 class ClassInfo(BaseModel):
@@ -166,17 +170,46 @@ def save_model(
 def refuse_pickle(path: Path) -> None:
     """Raise if ``path`` holds a pickle (plain or inside a PyTorch zip archive).
 
+    Nothing is unpickled: the file is recognised by its signature, or by parsing its
+    opcodes with :mod:`pickletools`, which never imports or calls anything.
+
     Raises:
-        ModelFileError: If the file starts with a pickle or zip signature.
+        ModelFileError: If the file is a pickle or a PyTorch zip checkpoint.
     """
     with path.open("rb") as f:
-        head = f.read(4)
-    if head.startswith(_ZIP_MAGIC) or (head and head[0] == _PICKLE_PROTOCOL_OPCODE):
+        head = f.read(_SAFETENSORS_HEADER_START + 1)
+        if _looks_like_safetensors(head, path.stat().st_size):
+            return
+        # Protocol 2+ pickles start with PROTO and the protocol; 0 and 1 need parsing.
+        proto = head[:1] == bytes([_PICKLE_PROTOCOL_OPCODE]) and head[1:2] in _PICKLE_PROTOCOLS
+        f.seek(0)
+        pickled = head.startswith(_ZIP_MAGIC) or proto or _is_pickle_stream(f)
+    if pickled:
         raise ModelFileError(
             f"{path} is a PyTorch pickle checkpoint; rsscgeo never unpickles model files. "
             "Use a .safetensors model written by `rsscgeo train`, or pass plain weights "
             "as a training init (loaded with weights_only=True)."
         )
+
+
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    """A header length that fits the file, followed by the header's opening brace.
+
+    Checked first because the length's low byte may well be 0x80, a pickle's first byte.
+    """
+    if len(head) <= _SAFETENSORS_HEADER_START:
+        return False
+    length = int.from_bytes(head[:_SAFETENSORS_HEADER_START], "little")
+    fits = length <= size - _SAFETENSORS_HEADER_START
+    return fits and head[_SAFETENSORS_HEADER_START : _SAFETENSORS_HEADER_START + 1] == b"{"
+
+
+def _is_pickle_stream(f: BinaryIO) -> bool:
+    """Whether ``f`` parses as pickle opcodes up to a STOP (decoding only, no execution)."""
+    try:
+        return any(opcode.name == "STOP" for opcode, _, _ in pickletools.genops(f))
+    except Exception:  # genops raises ValueError, EOFError, ... on anything else
+        return False
 
 
 def read_card(path: str | Path) -> ModelCard:
@@ -238,6 +271,11 @@ def _existing(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist; check the path.")
+    if path.stat().st_size == 0:
+        raise ModelFileError(
+            f"model file {path} is empty (0 bytes); re-download or re-export it "
+            "(`rsscgeo train` writes model.safetensors)."
+        )
     refuse_pickle(path)
     return path
 
@@ -259,10 +297,17 @@ def _parse_card(path: Path, metadata: dict[str, str]) -> ModelCard:
             f"{path} has no rsscgeo model card (metadata key {CARD_KEY!r}); "
             "it is plain safetensors weights: use it as a training init instead."
         )
+    fix = "the file was edited or written by another tool: re-export it with `rsscgeo train`"
     try:
-        return ModelCard.model_validate(json.loads(raw))
-    except (json.JSONDecodeError, ValidationError) as err:
-        raise ModelFileError(f"{path}: invalid model card: {_first_error(err)}") from None
+        card = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ModelFileError(
+            f"{path}: the model card (metadata key {CARD_KEY!r}) is not valid JSON ({err}); {fix}."
+        ) from None
+    try:
+        return ModelCard.model_validate(card)
+    except ValidationError as err:
+        raise ModelFileError(f"{path}: invalid model card: {_first_error(err)}; {fix}.") from None
 
 
 def _first_error(err: Exception) -> str:

@@ -66,14 +66,17 @@ class Cluster:
             client.wait_for_workers(count, timeout=60)
 
     def stop(self) -> None:
-        for process in [*self.workers, self.scheduler]:
-            if process.poll() is None:
-                process.terminate()
-        for process in [*self.workers, self.scheduler]:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        # Workers first, while the scheduler can still see them off quickly.
+        for group in (self.workers, [self.scheduler]):
+            for process in group:
+                if process.poll() is None:
+                    process.terminate()
+            for process in group:
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
 
     def _start(self, command: list[object], name: str) -> subprocess.Popen[bytes]:
         log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 (lives with the process)

@@ -39,8 +39,11 @@ def evaluate(
     from rsscgeo.data.images import check_images
     from rsscgeo.data.splits import read_split
     from rsscgeo.modelfile import load_model
+    from rsscgeo.outputs import check_output_folder
     from rsscgeo.training.evaluate import evaluate_model, headline
 
+    if json_path is not None:  # before the evaluation, which may take long
+        check_output_folder(json_path.parent, "--json", create=False)
     loaded = load_model(model)
     card = loaded.card
     # Labels are matched to the model's classes by name; a subset of classes is fine.

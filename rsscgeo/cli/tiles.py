@@ -42,7 +42,9 @@ def tiles(
     `rsscgeo train` with data.path pointing at the manifest.
     """
     from rsscgeo.data.tiles import cut_tiles
+    from rsscgeo.outputs import check_output_folder
 
+    check_output_folder(out_dir, "--out")
     summary = cut_tiles(
         scene,
         labels,

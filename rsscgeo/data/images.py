@@ -64,11 +64,20 @@ def _read_raster(path: Path) -> npt.NDArray[np.generic]:
     try:
         with rasterio.open(path) as src:
             array: npt.NDArray[np.generic] = src.read()
-            return array
     except (RasterioError, OSError) as err:
+        while isinstance(err.__cause__, Exception):  # rasterio's own says "see previous"
+            err = err.__cause__
         raise DatasetError(
-            f"cannot read image {path} ({err}); replace or remove the corrupt file."
+            f"cannot read image {path} ({str(err).strip() or type(err).__name__}); "
+            "replace or remove the corrupt file."
         ) from None
+    # NaN reaches the network as NaN loss and NaN predictions; nodata tiles are unusable.
+    if array.dtype.kind == "f" and np.isnan(array).any():
+        raise DatasetError(
+            f"image {path} holds NaN pixels; replace or remove it (or fill the NaN, e.g. "
+            "gdal_calc.py or gdal_fillnodata.py)."
+        )
+    return array
 
 
 def _read_band_folder(folder: Path) -> npt.NDArray[np.generic]:

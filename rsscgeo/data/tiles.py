@@ -15,13 +15,13 @@ from pathlib import Path
 import geopandas as gpd
 import rasterio
 import shapely
-from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from tqdm.auto import tqdm
 
 from rsscgeo.data.catalog import write_manifest
-from rsscgeo.errors import DatasetError, OutputExistsError, SceneError
+from rsscgeo.errors import DatasetError, OutputExistsError
+from rsscgeo.scene.reader import open_scene
 
 MANIFEST_NAME = "manifest.csv"
 
@@ -50,7 +50,8 @@ def cut_tiles(
     """Write georeferenced GeoTIFF tiles and a ``path,labels`` manifest.
 
     Raises:
-        SceneError: If the scene is not a georeferenced raster.
+        SceneError: If the scene is not a readable, georeferenced, north-up raster
+            with valid pixels.
         DatasetError: If the labels cannot be read, lack ``field``, or miss the scene.
         OutputExistsError: If ``out_dir`` already has a manifest and not ``overwrite``.
     """
@@ -58,7 +59,7 @@ def cut_tiles(
     manifest = out_dir / MANIFEST_NAME
     if manifest.exists() and not overwrite:
         raise OutputExistsError(f"{manifest} exists; pass --overwrite to replace the tiles.")
-    with _open_scene(scene) as src:
+    with open_scene(scene) as src:
         polygons = _read_labels(labels, field, src.crs)
         classes = sorted(polygons[field].astype(str).unique())
         tiles = list(_labelled_windows(src, polygons, field, size, stride, min_cover))
@@ -82,19 +83,6 @@ def cut_tiles(
     write_manifest(manifest, rows)
     per_class = {c: sum(c in names for _, names in rows) for c in classes}
     return TilingSummary(out_dir, manifest, len(rows), per_class)
-
-
-def _open_scene(scene: Path) -> rasterio.DatasetReader:
-    if not scene.is_file():
-        raise SceneError(f"scene {scene} does not exist; check the path.")
-    try:
-        src = rasterio.open(scene)
-    except (RasterioError, OSError) as err:
-        raise SceneError(f"{scene} is not a readable raster ({err}); pass a GeoTIFF.") from None
-    if src.crs is None:
-        src.close()
-        raise SceneError(f"{scene} has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:XXXX).")
-    return src
 
 
 def _read_labels(labels: Path, field: str, crs: rasterio.crs.CRS) -> gpd.GeoDataFrame:

@@ -18,14 +18,19 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from rsscgeo.errors import OutputExistsError, SceneError
 from rsscgeo.modelfile import LoadedModel, ModelCard
+from rsscgeo.outputs import check_output_folder
 from rsscgeo.scene.engine import Engine, open_engine
 from rsscgeo.scene.grid import Chunk, PatchGrid
-from rsscgeo.scene.inference import ChunkResult, Preprocess, classify_chunk
+from rsscgeo.scene.inference import (
+    ChunkResult,
+    Preprocess,
+    classify_chunk,
+    prefers_channels_last,
+)
 from rsscgeo.scene.journal import Journal, fingerprint, journal_dir
 from rsscgeo.scene.lock import lock_outputs
 from rsscgeo.scene.plan import ScenePlan, plan_scene
@@ -203,12 +208,12 @@ class ChunkWork:
     def for_plan(
         cls, plan: ScenePlan, loaded: LoadedModel, *, min_valid: float, batch_size: int
     ) -> ChunkWork:
-        """The work for a planned scene; a convolutional model turns channels-last in place."""
-        convolutional = any(isinstance(m, torch.nn.Conv2d) for m in loaded.model.modules())
-        if convolutional:
-            loaded.model.to(memory_format=torch.channels_last)
+        """The work for a planned scene and ``loaded`` (see ``prepare_model``)."""
         preprocess = Preprocess.build(
-            loaded.card, plan.scaling, plan.raw_dtype, channels_last=convolutional
+            loaded.card,
+            plan.scaling,
+            plan.raw_dtype,
+            channels_last=prefers_channels_last(loaded.model),
         )
         return cls(plan.reader, plan.grid, loaded.card, preprocess, min_valid, batch_size)
 
@@ -249,5 +254,4 @@ def _count(summary: ClassifySummary, result: ChunkResult, names: list[str]) -> N
 def _check_output(path: Path) -> None:
     if path.suffix.lower() not in (".gpkg", ".tif", ".tiff"):
         raise SceneError(f"output {path} must end in .gpkg (polygons) or .tif (raster).")
-    if not path.parent.is_dir():
-        raise SceneError(f"output folder {path.parent} does not exist; create it first.")
+    check_output_folder(path.parent, "--out", create=False)

@@ -15,6 +15,7 @@ from dask.delayed import delayed
 
 from rsscgeo.modelfile import LoadedModel
 from rsscgeo.scene.classify import ChunkWork
+from rsscgeo.scene.inference import prepare_model
 from rsscgeo.scene.plan import plan_scene
 
 
@@ -43,6 +44,7 @@ def patch_dataset(
     card = loaded.card
     plan = plan_scene(scenes, loaded, patch_size=patch_size, stride=stride, bands=bands, gsd=gsd)
     grid = plan.grid
+    loaded = prepare_model(loaded, next(loaded.model.parameters()).device)
     work = ChunkWork.for_plan(plan, loaded, min_valid=min_valid, batch_size=batch_size)
     prob_rows: list[list[da.Array]] = [[] for _ in range(0, grid.rows, chunk_patches)]
     valid_rows: list[list[da.Array]] = [[] for _ in range(0, grid.rows, chunk_patches)]

@@ -20,6 +20,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from rsscgeo.backbones import InitSpec
 from rsscgeo.data.transforms import TransformConfig
@@ -154,12 +155,21 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         ConfigError: If the file is missing or invalid, naming the bad key.
     """
     path = Path(path)
+    example = "see configs/finetune.yaml"
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise ConfigError(f"cannot read config {path} ({err.strerror}); check the path.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"{path} is not a text file; pass a YAML training config ({example})."
+        ) from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML ({_one_line(err)}).") from None
+        raise ConfigError(
+            f"{path} is not valid YAML ({_one_line(err)}); fix the syntax where it points."
+        ) from None
+    if raw is None:
+        raise ConfigError(f"{path} is empty; write a training config into it ({example}).")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of settings, e.g. 'protocol: finetune'.")
     for override in overrides or []:
@@ -177,12 +187,28 @@ def parse_config(raw: dict[str, Any], origin: str = "config") -> RunConfig:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
         first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        key = ".".join(str(p) for p in first["loc"])
         if first["type"] == "extra_forbidden":
             hint = "unknown key; remove it or check its spelling"
         else:
-            hint = first["msg"]
-        raise ConfigError(f"{origin}: {key}: {hint}.") from None
+            hint = _problem(first)
+            if key:
+                hint += f"; correct it in the config or pass --set {key}=VALUE"
+            else:
+                hint += "; correct the config"
+        raise ConfigError(f"{origin}: {key or '(top level)'}: {hint}.") from None
+
+
+def _problem(error: ErrorDetails) -> str:
+    """Pydantic's message for one error, with the offending value when it is short."""
+    if error["type"] == "value_error":  # our validators: their own words, no prefix
+        text = str(error["ctx"]["error"])
+    else:
+        text = error["msg"][:1].lower() + error["msg"][1:]
+    value = error.get("input")
+    if isinstance(value, str | int | float | bool) and len(repr(value)) <= 40:
+        text += f" (got {value!r})"
+    return text
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:

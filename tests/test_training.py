@@ -115,6 +115,10 @@ def test_rerun_resumes_from_last_checkpoint(tmp_path: Path, aid_subset) -> None:
 def test_paper_configs_are_valid_and_follow_the_recipe() -> None:
     root = Path(__file__).resolve().parents[1] / "configs" / "paper"
     configs = {p.stem: load_config(p) for p in sorted(root.glob("*.yaml"))}
+    check = configs.pop("gpu_check")  # the recipe's shape, shortened to a few minutes
+    assert (check.optim.batch_size, check.trainer.precision) == (100, "16-mixed")
+    assert (check.train_transform.resize, check.train_transform.crop) == (292, 256)
+    assert check.model.architecture == "resnet50" and check.optim.epochs == 2
     assert set(configs) >= {"scratch", "finetune", "linear", "dapt"}
     for name, config in configs.items():
         assert config.model.architecture == "resnet50"

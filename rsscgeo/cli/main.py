@@ -15,9 +15,11 @@ from rsscgeo.errors import RsscgeoError
 COMMANDS = {
     "classify": "rsscgeo.cli.classify:classify",
     "train": "rsscgeo.cli.train:train",
+    "experiment": "rsscgeo.cli.experiment:experiment",
     "evaluate": "rsscgeo.cli.evaluate:evaluate",
     "models": "rsscgeo.cli.models:models",
     "tiles": "rsscgeo.cli.tiles:tiles",
+    "datasets": "rsscgeo.cli.datasets:datasets",
 }
 
 

@@ -6,6 +6,10 @@ Three layouts are read into the same :class:`Catalog`:
 * a CSV manifest with columns ``path,labels`` (labels separated by ``;``), relative
   paths resolved against the manifest's folder; written by ``rsscgeo tiles`` too;
 * BigEarthNet patch folders (``<patch>/<patch>_B0x.tif`` + ``*_labels_metadata.json``).
+
+The paper's six datasets in their published layouts (UC Merced's ``Images`` folder,
+RSI-CB's categories, MLRSNet's label CSVs) open by name: ``open_catalog(path, layout=...)``,
+see :mod:`rsscgeo.data.datasets`.
 """
 
 from __future__ import annotations
@@ -51,18 +55,27 @@ class Catalog:
         return Catalog(self.root, self.classes, self.task, items)
 
 
-def open_catalog(source: str | Path, classes: Sequence[str] | None = None) -> Catalog:
+def open_catalog(
+    source: str | Path, classes: Sequence[str] | None = None, layout: str | None = None
+) -> Catalog:
     """Open a class-folder dataset, a CSV manifest or a BigEarthNet folder.
 
     Args:
         source: The dataset folder or manifest file.
         classes: A fixed class list (e.g. a model's); labels outside it are errors.
             By default the classes are the sorted names found in the dataset.
+        layout: A published dataset layout (``aid``, ``mlrsnet-multilabel``, ... see
+            :mod:`rsscgeo.data.datasets`); ``None`` detects one of the three above.
 
     Raises:
-        DatasetError: If the source is missing, empty or malformed.
+        DatasetError: If the source is missing, empty or malformed, or the layout unknown.
     """
     source = Path(source)
+    if layout is not None:
+        # Imported here: the layouts are built on this module's helpers.
+        from rsscgeo.data.datasets import open_dataset
+
+        return open_dataset(layout, source, classes)
     if not source.exists():
         raise DatasetError(f"dataset {source} does not exist; check the path.")
     if source.is_file():
@@ -79,17 +92,33 @@ def scan_class_folders(root: Path, classes: Sequence[str] | None = None) -> Cata
         DatasetError: If there are no class folders, a class folder has no images, or
             a folder is not one of ``classes``.
     """
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = subfolders(root)
     if not folders:
         raise DatasetError(
             f"{root} has no class folders; expected {root}/<class name>/<image files>."
         )
+    return scan_folders(root, folders, classes)
+
+
+def scan_folders(
+    root: Path, folders: Sequence[Path], classes: Sequence[str] | None = None
+) -> Catalog:
+    """Read one class per folder, named as the folder, into a catalogue rooted at ``root``.
+
+    Args:
+        root: The catalogue's root (split CSVs hold paths relative to it).
+        folders: The class folders, anywhere under ``root``, in class order.
+        classes: The allowed class names; by default the folder names.
+
+    Raises:
+        DatasetError: If a folder has no images or is not one of ``classes``.
+    """
     names = list(classes) if classes is not None else [f.name for f in folders]
-    index_of = _class_index(names, [f.name for f in folders], where=str(root))
+    index_of = class_index(names, [f.name for f in folders], where=str(root))
     items: list[Item] = []
     for folder in folders:
         index = index_of[folder.name]
-        images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        images = folder_images(folder)
         if not images:
             raise DatasetError(
                 f"class folder {folder} has no images (.jpg/.png/.tif); "
@@ -97,6 +126,16 @@ def scan_class_folders(root: Path, classes: Sequence[str] | None = None) -> Cata
             )
         items.extend(Item(path, (index,)) for path in images)
     return Catalog(root, tuple(names), "multiclass", tuple(items))
+
+
+def subfolders(folder: Path) -> list[Path]:
+    """The sub-folders of ``folder`` by name, without hidden ones (``.ipynb_checkpoints``)."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def folder_images(folder: Path) -> list[Path]:
+    """The image files anywhere under ``folder``, sorted."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def read_manifest(path: Path, classes: Sequence[str] | None = None) -> Catalog:
@@ -113,10 +152,10 @@ def read_manifest(path: Path, classes: Sequence[str] | None = None) -> Catalog:
     rows = _manifest_rows(path)
     found = sorted({label for _, labels in rows for label in labels})
     names = list(classes) if classes is not None else found
-    index = _class_index(names, [], where=str(path))
+    index = class_index(names, [], where=str(path))
     items = []
     for line, (rel, labels) in enumerate(rows, start=2):
-        _require_known(index, labels, where=f"{path}:{line}")
+        require_known(index, labels, where=f"{path}:{line}")
         image = (path.parent / rel).resolve() if not Path(rel).is_absolute() else Path(rel)
         if not image.exists():
             raise DatasetError(f"{path}:{line}: image {image} does not exist; fix the path.")
@@ -141,7 +180,7 @@ def scan_bigearthnet(root: Path, classes: Sequence[str] | None = None) -> Catalo
     names = (
         list(classes) if classes is not None else sorted({lab for _, ls in patches for lab in ls})
     )
-    index = _class_index(names, [lab for _, ls in patches for lab in ls], where=str(root))
+    index = class_index(names, [lab for _, ls in patches for lab in ls], where=str(root))
     items = tuple(Item(p, tuple(sorted(index[lab] for lab in ls))) for p, ls in patches)
     return Catalog(root, tuple(names), "multilabel", items)
 
@@ -155,14 +194,19 @@ def write_manifest(path: Path, rows: list[tuple[str, list[str]]]) -> None:
             writer.writerow([rel, LABEL_SEPARATOR.join(labels)])
 
 
-def _class_index(names: Sequence[str], labels: Sequence[str], where: str) -> dict[str, int]:
-    """Index of each class name; raise naming the first of ``labels`` that is not a class."""
+def class_index(names: Sequence[str], labels: Sequence[str], where: str) -> dict[str, int]:
+    """Index of each class name.
+
+    Raises:
+        DatasetError: Naming ``where`` and the first of ``labels`` that is not a class.
+    """
     index = {name: i for i, name in enumerate(names)}
-    _require_known(index, labels, where)
+    require_known(index, labels, where)
     return index
 
 
-def _require_known(index: dict[str, int], labels: Sequence[str], where: str) -> None:
+def require_known(index: dict[str, int], labels: Sequence[str], where: str) -> None:
+    """Raise a DatasetError naming ``where`` and the first of ``labels`` not in ``index``."""
     unknown = [label for label in labels if label not in index]
     if unknown:
         names = list(index)

@@ -37,6 +37,11 @@ class DataConfig(_Strict):
     """The labelled tiles and how to split and scale them."""
 
     path: Path
+    layout: str | None = Field(
+        default=None,
+        description="A published dataset layout, e.g. 'ucmerced' (rsscgeo datasets list); "
+        "None detects class folders, a manifest or BigEarthNet.",
+    )
     train_fraction: float = Field(default=0.8, gt=0, lt=1)
     split_file: Path | None = Field(
         default=None, description="Reuse this split CSV instead of drawing a new one."
@@ -46,6 +51,16 @@ class DataConfig(_Strict):
     gsd: float | None = Field(default=None, gt=0, description="m/px of the tiles.")
     gsd_note: str | None = None
     colors: dict[str, str] = Field(default_factory=dict, description="Class name → #rrggbb.")
+
+    @field_validator("layout")
+    @classmethod
+    def _known_layout(cls, value: str | None) -> str | None:
+        # Checked at load time, naming the key, rather than when the run opens the data.
+        from rsscgeo.data.datasets import LAYOUTS
+
+        if value is not None and value not in LAYOUTS:
+            raise ValueError(f"unknown dataset layout; use one of {', '.join(LAYOUTS)}")
+        return value
 
 
 class ModelConfig(_Strict):

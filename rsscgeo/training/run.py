@@ -116,7 +116,7 @@ def _run_stage(config: RunConfig, protocol: str, *, resume: bool) -> RunResult |
     # A later stage (dapt's target) starts from files rank 0 wrote at the end of the
     # previous one; wait for them. A no-op until a fit has formed the process group.
     trainer.strategy.barrier("rsscgeo-stage")
-    catalog = open_catalog(config.data.path)
+    catalog = open_catalog(config.data.path, layout=config.data.layout)
     check_images([item.path for item in catalog.items])
     colors = class_colors(list(catalog.classes), config.data.colors)
     split = _split(config, catalog)  # seeded: the same on every process

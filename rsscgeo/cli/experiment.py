@@ -1,0 +1,39 @@
+"""``rsscgeo experiment``: run a matrix of training runs and report them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--run", "only", multiple=True, help="Only train these runs (repeatable).")
+@click.option("--plan", "plan_only", is_flag=True, help="List the runs and exit.")
+@click.option("--report", "report_only", is_flag=True, help="Only rewrite the results files.")
+def experiment(config: Path, only: tuple[str, ...], plan_only: bool, report_only: bool) -> None:
+    """Train every run of the experiment CONFIG not finished yet, then report.
+
+    Writes results.csv, results.md (with the paper's figures where they match) and
+    results.png into the experiment's out_dir. Re-running continues where it stopped.
+    """
+    from rsscgeo.experiments.config import load_experiment
+    from rsscgeo.experiments.plan import plan_experiment
+    from rsscgeo.experiments.report import write_results
+    from rsscgeo.experiments.runner import run_experiment
+
+    spec = load_experiment(config)
+    if plan_only:
+        for cell in plan_experiment(spec):
+            state = "done" if cell.metrics_path.exists() else "todo"
+            click.echo(f"{state}  {cell.run}  seed {cell.seed}  {cell.out_dir}")
+        return
+    results = run_experiment(
+        spec,
+        only=list(only),
+        train_missing=not report_only,
+        say=lambda line: click.echo(line, err=True),
+    )
+    for path in write_results(spec, results):
+        click.echo(f"wrote {path}")

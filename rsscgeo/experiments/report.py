@@ -1,0 +1,176 @@
+"""Results of an experiment: ``results.csv``, a Markdown table and a bar chart.
+
+The table has one row per reported run cell (seeds pooled: mean ± sample std), and
+the paper's figure beside it where the setting matches one (dataset ``paper_name``,
+init ``paper_init``, protocol, training fraction, metric) with the difference.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from rsscgeo.experiments.config import ExperimentConfig
+from rsscgeo.experiments.published import find
+from rsscgeo.experiments.runner import CellResult
+
+# The headline metric per task, as the paper reports it, then the others we keep.
+METRICS = {
+    "multiclass": ("overall_accuracy", "average_accuracy"),
+    "multilabel": ("micro_f1", "macro_f1", "mean_average_precision"),
+}
+COLUMNS = (
+    "experiment",
+    "run",
+    "dataset",
+    "protocol",
+    "init",
+    "train_fraction",
+    "seed",
+    "task",
+    "metric",
+    "value",
+    "model",
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One pooled table row."""
+
+    run: str
+    dataset: str
+    protocol: str
+    init: str
+    train_fraction: float
+    metric: str
+    values: list[float]  # percent, one per seed
+    paper: float | None
+    paper_source: str | None
+
+    @property
+    def mean(self) -> float:
+        """Mean over seeds."""
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation over seeds (0 for one seed)."""
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+
+def write_results(experiment: ExperimentConfig, results: list[CellResult]) -> list[Path]:
+    """Write results.csv, results.md and results.png into the experiment's folder."""
+    folder = experiment.out_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path = folder / "results.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for result in results:
+            cell = result.cell
+            for metric in METRICS[result.metrics["task"]]:
+                if metric in result.metrics:
+                    writer.writerow(
+                        [
+                            experiment.name,
+                            cell.run,
+                            cell.dataset,
+                            cell.protocol,
+                            cell.init,
+                            cell.train_fraction,
+                            cell.seed,
+                            result.metrics["task"],
+                            metric,
+                            result.metrics[metric],
+                            cell.model_path,
+                        ]
+                    )
+    rows = pooled_rows(experiment, results)
+    md_path = folder / "results.md"
+    md_path.write_text(markdown_table(experiment, rows))
+    png_path = folder / "results.png"
+    bar_chart(experiment, rows, png_path)
+    return [csv_path, md_path, png_path]
+
+
+def pooled_rows(experiment: ExperimentConfig, results: list[CellResult]) -> list[Row]:
+    """Reported cells pooled over seeds, headline metric only, with the paper's figure."""
+    groups: dict[tuple[str, str, str, str, float, str], list[float]] = defaultdict(list)
+    for result in results:
+        cell = result.cell
+        if not cell.report:
+            continue
+        metric = METRICS[result.metrics["task"]][0]
+        key = (cell.run, cell.dataset, cell.protocol, cell.init, cell.train_fraction, metric)
+        groups[key].append(100 * float(result.metrics[metric]))
+    rows = []
+    for (run, dataset, protocol, init, fraction, metric), values in groups.items():
+        paper_name = experiment.datasets[dataset].paper_name
+        paper_init = experiment.inits[init].paper_init
+        figure = (
+            find(paper_name, metric, protocol, paper_init, fraction)
+            if paper_name and paper_init
+            else None
+        )
+        rows.append(
+            Row(
+                run,
+                dataset,
+                protocol,
+                init,
+                fraction,
+                metric,
+                values,
+                figure.value if figure else None,
+                figure.source if figure else None,
+            )
+        )
+    return rows
+
+
+def markdown_table(experiment: ExperimentConfig, rows: list[Row]) -> str:
+    """The pooled rows as a Markdown table (values in percent)."""
+    lines = [
+        f"# {experiment.name}",
+        "",
+        f"Seeds {', '.join(map(str, experiment.seeds))}; mean ± sample std over seeds, "
+        "in percent. *Paper*: Risojević & Stojnić (2021), where the setting matches "
+        "(confirmed = checked against the paper's results listing; secondary = from a "
+        "secondary summary, unchecked).",
+        "",
+        "| run | dataset | protocol | init | train | metric | ours | n | paper | diff |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        paper = f"{row.paper:.2f} ({row.paper_source})" if row.paper is not None else ""
+        diff = f"{row.mean - row.paper:+.2f}" if row.paper is not None else ""
+        lines.append(
+            f"| {row.run} | {row.dataset} | {row.protocol} | {row.init} | "
+            f"{row.train_fraction:.0%} | {row.metric} | {row.mean:.2f} ± {row.std:.2f} | "
+            f"{len(row.values)} | {paper} | {diff} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(experiment: ExperimentConfig, rows: list[Row], path: Path) -> None:
+    """One bar per pooled row (mean, with the std as an error bar)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(rows) + 1), 4), layout="constrained")
+    labels = [row.run for row in rows]
+    bars = ax.bar(labels, [r.mean for r in rows], yerr=[r.std for r in rows], capsize=4)
+    ax.bar_label(bars, labels=[f"{r.mean:.1f}" for r in rows], padding=2)
+    ax.set_ylabel(" / ".join(sorted({r.metric for r in rows})) + " (%)")
+    ax.set_title(f"{experiment.name} (mean ± std over {len(experiment.seeds)} seeds)")
+    low = min((r.mean - r.std for r in rows), default=0.0)
+    ax.set_ylim(max(0.0, low - 10), 100)
+    ax.tick_params(axis="x", rotation=30)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

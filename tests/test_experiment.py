@@ -106,3 +106,20 @@ def test_published_figures_are_marked_by_source() -> None:
     assert find("UC Merced", "overall_accuracy", "finetune", "imagenet", 0.2).value == 94.64
     assert find("UC Merced", "overall_accuracy", "finetune", "imagenet", 0.8) is None
     assert find("AID", "overall_accuracy", "dapt", "imagenet", 0.5).value == 96.09
+
+
+def test_a_single_seed_run_serves_every_seed_of_later_runs(tmp_path: Path, aid_subset) -> None:
+    from rsscgeo.experiments.config import load_experiment
+    from rsscgeo.experiments.plan import plan_experiment
+
+    data = aid_subset(("Beach", "Forest", "Port", "Desert"), per_class=2)
+    path = write_experiment(tmp_path, data)
+    spec = yaml.safe_load(path.read_text())
+    spec["runs"][0]["seeds"] = [7]  # source-scratch: one shared pre-training run
+    path.write_text(yaml.safe_dump(spec))
+    cells = plan_experiment(load_experiment(path))
+    assert [c.seed for c in cells if c.run == "source-scratch"] == [7]
+    linear = [c for c in cells if c.run == "source-linear"]
+    assert [c.seed for c in linear] == [0, 1]
+    shared = tmp_path / "exp" / "source-scratch" / "seed-7" / "model.safetensors"
+    assert all(c.config.model.init.path == shared for c in linear)

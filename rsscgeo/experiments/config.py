@@ -89,6 +89,12 @@ class RunSpec(_Strict):
         default_factory=dict, description="RunConfig settings for this run only."
     )
     report: bool = Field(default=True, description="False for stages that only feed others.")
+    seeds: list[int] | None = Field(
+        default=None,
+        min_length=1,
+        description="This run's seeds instead of the experiment's (e.g. one shared "
+        "pre-training run that every seed of later runs starts from).",
+    )
 
 
 class ExperimentConfig(_Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import os
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -68,7 +69,7 @@ def plan_experiment(experiment: ExperimentConfig) -> list[Cell]:
         )
         for dataset, protocol, init, fraction in combos:
             suffix = f"{dataset}-{protocol}-{init}-f{fraction}" if len(combos) > 1 else ""
-            for seed in experiment.seeds:
+            for seed in spec.seeds or experiment.seeds:
                 folder = experiment.out_dir / spec.name / suffix / f"seed-{seed}"
                 raw = _run_config(experiment, spec, parts, (dataset, protocol, init))
                 raw.update(seed=seed, out_dir=str(folder))
@@ -135,19 +136,23 @@ def _init(experiment: ExperimentConfig, name: str) -> dict[str, Any]:
 def resolve_run_inits(cells: list[Cell]) -> list[Cell]:
     """Point ``@run:NAME`` inits at that run's model file for the same seed.
 
+    A run with a single cell (one seed) serves every seed.
+
     Raises:
-        ConfigError: If the referenced run has more than one cell per seed.
+        ConfigError: If the referenced run has no cell or several for the seed.
     """
     resolved = []
     for cell in cells:
         init = cell.config.model.init
         if init.path is not None and str(init.path).startswith("@run:"):
             source = str(init.path)[len("@run:") :]
-            matches = [c for c in cells if c.run == source and c.seed == cell.seed]
+            matches = [c for c in cells if c.run == source]
+            if len(matches) > 1:
+                matches = [c for c in matches if c.seed == cell.seed]
             if len(matches) != 1:
                 raise ConfigError(
-                    f"run {cell.run!r} starts from run {source!r}, which has {len(matches)} "
-                    "models per seed; make that run a single cell."
+                    f"run {cell.run!r} (seed {cell.seed}) starts from run {source!r}, which has "
+                    f"{len(matches)} models for that seed; give it one cell per seed or one in all."
                 )
             new_init = init.model_copy(update={"path": matches[0].model_path})
             model = cell.config.model.model_copy(update={"init": new_init})
@@ -185,7 +190,10 @@ def write_class_split(experiment: ExperimentConfig) -> dict[str, Path]:
             if catalog.classes[item.labels[0]] in classes
         ]
         paths[part] = folder / f"{part}.csv"
-        write_manifest(paths[part], rows)
+        # Atomic: a running experiment may be reading the same (identical) manifest.
+        partial = paths[part].with_suffix(".csv.partial")
+        write_manifest(partial, rows)
+        os.replace(partial, paths[part])
         chosen[part] = classes
     (folder / "class_split.json").write_text(
         json.dumps({"dataset": str(split.path), "seed": split.seed, "parts": chosen}, indent=2)

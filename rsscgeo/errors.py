@@ -12,6 +12,12 @@ class RsscgeoError(Exception):
     """Root of all rsscgeo errors."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message (its type when empty), to quote as a cause."""
+    text = str(err)
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class ConfigError(RsscgeoError, ValueError):
     """A training or experiment configuration is invalid."""
 

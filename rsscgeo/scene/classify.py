@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from rsscgeo.errors import OutputExistsError, SceneError
-from rsscgeo.modelfile import LoadedModel, ModelCard
+from rsscgeo.modelfile import LoadedModel
 from rsscgeo.outputs import check_output_folder
 from rsscgeo.scene.engine import Engine, open_engine
 from rsscgeo.scene.grid import Chunk, PatchGrid
@@ -110,6 +110,7 @@ def classify_scene(
         scenes, loaded, patch_size=patch_size, stride=stride, bands=bands, gsd=gsd, say=say
     )
     grid, scaling, notes = plan.grid, plan.scaling, plan.notes
+    side = chunk_side(grid, chunk_pixels)
     options = {
         "patch": grid.patch,
         "stride": grid.stride,
@@ -117,7 +118,7 @@ def classify_scene(
         "resolution": list(plan.reader.resolution),
         "min_valid": min_valid,
         "scaling": [scaling.low, scaling.high],
-        "chunk_side": chunk_side(grid, chunk_pixels),
+        "chunk_side": side,
     }
     summary = ClassifySummary(grid, outputs, notes=notes)
     with ExitStack() as stack:
@@ -139,7 +140,7 @@ def classify_scene(
         )
         work = ChunkWork.for_plan(plan, loaded, min_valid=min_valid, batch_size=batch_size)
         key = engine.install(loaded)
-        chunks = list(grid.chunks(chunk_side(grid, chunk_pixels)))
+        chunks = list(grid.chunks(side))
         start = time.perf_counter()
         writers: list[GeoPackageWriter | GeoTiffWriter] = []
         try:
@@ -199,7 +200,6 @@ class ChunkWork:
 
     reader: SceneReader
     grid: PatchGrid
-    card: ModelCard
     preprocess: Preprocess
     min_valid: float
     batch_size: int
@@ -215,7 +215,7 @@ class ChunkWork:
             plan.raw_dtype,
             channels_last=prefers_channels_last(loaded.model),
         )
-        return cls(plan.reader, plan.grid, loaded.card, preprocess, min_valid, batch_size)
+        return cls(plan.reader, plan.grid, preprocess, min_valid, batch_size)
 
     def __call__(self, chunk: Chunk, loaded: LoadedModel) -> ChunkResult:
         """Read, cut and classify one chunk."""

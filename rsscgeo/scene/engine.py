@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 
-from rsscgeo.errors import ClusterError, RsscgeoError
+from rsscgeo.errors import ClusterError, RsscgeoError, first_line
 from rsscgeo.modelfile import LoadedModel
 from rsscgeo.scene.grid import Chunk
 from rsscgeo.scene.inference import ChunkResult, prepare_model
@@ -183,11 +183,11 @@ class Engine:
             # Workers report their import failures wrapped, as text.
             if isinstance(err, ImportError) or "No module named" in str(err):
                 raise ClusterError(
-                    f"the Dask workers cannot import what the model needs ({_first_line(err)}); "
+                    f"the Dask workers cannot import what the model needs ({first_line(err)}); "
                     "install rsscgeo and its dependencies in the workers' environment."
                 ) from None
             raise ClusterError(
-                f"the model cannot be sent to the Dask workers ({_first_line(err)}); models "
+                f"the model cannot be sent to the Dask workers ({first_line(err)}); models "
                 "must pickle (rsscgeo's own do), and the workers need rsscgeo installed."
             ) from None
 
@@ -250,7 +250,7 @@ class Engine:
             raise
         except (ModuleNotFoundError, ImportError) as err:
             raise ClusterError(
-                f"a Dask worker cannot import what the task needs ({_first_line(err)}); install "
+                f"a Dask worker cannot import what the task needs ({first_line(err)}); install "
                 "rsscgeo in the workers' environment."
             ) from None
         return result
@@ -298,7 +298,7 @@ def _connect(address: str) -> Client:
         return Client(address, timeout="10s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as err:
         raise ClusterError(
-            f"cannot reach the Dask scheduler at {address} ({_first_line(err)}); start one "
+            f"cannot reach the Dask scheduler at {address} ({first_line(err)}); start one "
             "with `dask scheduler` and workers with `dask worker ADDRESS`, or fix --scheduler."
         ) from None
 
@@ -349,7 +349,3 @@ def _has_dask_cuda() -> bool:
 
 def _task_key(chunk: Chunk) -> str:
     return f"rsscgeo-chunk-{chunk.index}-{uuid.uuid4().hex[:8]}"
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__

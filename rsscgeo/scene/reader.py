@@ -26,7 +26,7 @@ from rasterio.errors import NodataShadowWarning, RasterioError
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from rsscgeo.errors import SceneError
+from rsscgeo.errors import SceneError, first_line
 from rsscgeo.scene.grid import Chunk, PatchGrid
 
 # The data check reads a scene decimated to about this many pixels on its long side.
@@ -245,7 +245,7 @@ class SceneReader:
             except (OSError, RasterioError) as err:
                 raise SceneError(
                     f"cannot open {', '.join(map(str, self.paths))} on {socket.gethostname()} "
-                    f"({_first_line(err)}); every Dask worker needs the scene at the same path "
+                    f"({first_line(err)}); every Dask worker needs the scene at the same path "
                     "(a shared filesystem)."
                 ) from None
             self._local.dataset = dataset
@@ -275,7 +275,7 @@ class SceneReader:
             sample = self.dataset[left:right:xres, bottom:top:yres, t.start : t.stop]
         except RasterioError as err:
             raise SceneError(
-                f"reading {', '.join(map(str, self.paths))} failed ({_first_line(err)}); the "
+                f"reading {', '.join(map(str, self.paths))} failed ({first_line(err)}); the "
                 "file may be truncated or corrupt: check it with gdalinfo -checksum."
             ) from None
         image = sample["image"].numpy()
@@ -288,12 +288,8 @@ class SceneReader:
         return values, valid
 
 
-def _first_line(err: Exception) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
-
-
 def _gdal_message(err: Exception) -> str:
     """GDAL's own first line: rasterio's often says only 'see previous exception'."""
     while isinstance(err.__cause__, Exception):
         err = err.__cause__
-    return _first_line(err)
+    return first_line(err)

@@ -180,13 +180,7 @@ class Engine:
         except RsscgeoError:
             raise
         except Exception as err:
-            # Workers report their import failures wrapped, as text.
-            if isinstance(err, ImportError) or "No module named" in str(err):
-                raise ClusterError(
-                    f"the Dask workers cannot import what the model needs ({first_line(err)}); "
-                    "install rsscgeo and its dependencies in the workers' environment."
-                ) from None
-            raise ClusterError(
+            raise _import_failure(err, "the model") or ClusterError(
                 f"the model cannot be sent to the Dask workers ({first_line(err)}); models "
                 "must pickle (rsscgeo's own do), and the workers need rsscgeo installed."
             ) from None
@@ -248,11 +242,11 @@ class Engine:
             result: ChunkResult = future.result()
         except RsscgeoError:
             raise
-        except (ModuleNotFoundError, ImportError) as err:
-            raise ClusterError(
-                f"a Dask worker cannot import what the task needs ({first_line(err)}); install "
-                "rsscgeo in the workers' environment."
-            ) from None
+        except Exception as err:
+            failure = _import_failure(err, "a task")
+            if failure is None:
+                raise
+            raise failure from None
         return result
 
 
@@ -345,6 +339,19 @@ def _has_dask_cuda() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _import_failure(err: BaseException, what: str) -> ClusterError | None:
+    """The one-line error if ``err`` is a worker failing to import what ``what`` needs.
+
+    Workers report import failures wrapped, as text, so the message decides.
+    """
+    if not (isinstance(err, ImportError) or "No module named" in str(err)):
+        return None
+    return ClusterError(
+        f"the Dask workers cannot import what {what} needs ({first_line(err)}); install "
+        "rsscgeo and its dependencies in the workers' environment."
+    )
 
 
 def _task_key(chunk: Chunk) -> str:

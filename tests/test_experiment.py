@@ -123,3 +123,19 @@ def test_a_single_seed_run_serves_every_seed_of_later_runs(tmp_path: Path, aid_s
     assert [c.seed for c in linear] == [0, 1]
     shared = tmp_path / "exp" / "source-scratch" / "seed-7" / "model.safetensors"
     assert all(c.config.model.init.path == shared for c in linear)
+
+
+def test_the_paper_experiment_plans_with_the_recipe() -> None:
+    from rsscgeo.experiments.config import load_experiment
+    from rsscgeo.experiments.plan import plan_experiment
+
+    root = Path(__file__).resolve().parents[1]
+    cells = plan_experiment(load_experiment(root / "configs" / "experiments" / "paper.yaml"))
+    counts = {run: sum(c.run == run for c in cells) for run in {c.run for c in cells}}
+    assert counts == {"scratch": 12, "finetune": 24, "linear": 5 * 2, "domain-adaptive": 6}
+    for cell in cells:
+        config = cell.config
+        assert config.model.architecture == "resnet50" and config.optim.batch_size == 100
+        assert config.trainer.precision == "16-mixed" and config.optim.epochs == 100
+    dapt = next(c for c in cells if c.protocol == "dapt")
+    assert dapt.config.source is not None and dapt.config.source.data.layout == "mlrsnet-multilabel"

@@ -41,9 +41,11 @@ from rsscgeo.scene.writers import GeoPackageWriter, GeoTiffWriter
 # patches each, a few tens of MB per task in flight...
 CHUNK_PIXELS = 2048
 # ...and small enough that a scene makes at least this many chunks, so that several
-# workers share even a small scene. Neither depends on the worker count, so a run can
-# be resumed on another cluster.
+# workers share even a small scene, but never under MIN_SIDE patches a side (each task
+# costs a few ms of scheduling and a read). None depends on the worker count, so a run
+# can be resumed on another cluster.
 MIN_CHUNKS = 16
+MIN_SIDE = 4
 
 
 @dataclass
@@ -235,13 +237,13 @@ class ChunkWork:
 def chunk_side(grid: PatchGrid, chunk_pixels: int | None = None) -> int:
     """Patches per chunk side for ``grid``.
 
-    ``chunk_pixels`` if given; else up to ``CHUNK_PIXELS`` and small enough for
-    ``MIN_CHUNKS`` chunks.
+    ``chunk_pixels`` if given; else up to ``CHUNK_PIXELS``, small enough for
+    ``MIN_CHUNKS`` chunks, and at least ``MIN_SIDE``.
     """
     if chunk_pixels:
         return max(1, chunk_pixels // grid.stride)
     spread = math.isqrt(grid.rows * grid.cols // MIN_CHUNKS)
-    return max(1, min(CHUNK_PIXELS // grid.stride, spread))
+    return max(1, min(CHUNK_PIXELS // grid.stride, max(MIN_SIDE, spread)))
 
 
 def _count(summary: ClassifySummary, result: ChunkResult, names: list[str]) -> None:

@@ -207,31 +207,35 @@ class Engine:
         window = IN_FLIGHT_PER_THREAD * self.threads
         [work_future] = self.client.scatter([work], broadcast=True, hash=False)
         running = as_completed(loop=self.client.loop)
-        positions: dict[Any, int] = {}  # task key -> position in ``chunks``
-        ready: dict[int, ChunkResult] = {}
+        ready: dict[Chunk, ChunkResult] = {}  # arrived, waiting for their turn
         submitted = 0
         try:
-            for position in range(len(chunks)):
+            for position, chunk in enumerate(chunks):
                 # Keep up to ``window`` chunks ahead of the one to yield next.
                 while submitted < len(chunks) and submitted < position + window:
-                    chunk = chunks[submitted]
-                    previous = done(chunk)
+                    ahead = chunks[submitted]
+                    previous = done(ahead)
                     if previous is not None:
-                        ready[submitted] = previous
+                        ready[ahead] = previous
                     else:
-                        future = self.client.submit(
-                            _run_chunk, work_future, chunk, key, pure=False, key=_task_key(chunk)
+                        running.add(
+                            self.client.submit(
+                                _run_chunk,
+                                work_future,
+                                ahead,
+                                key,
+                                pure=False,
+                                key=_task_key(ahead),
+                            )
                         )
-                        positions[future.key] = submitted
-                        running.add(future)
                     submitted += 1
-                while position not in ready:
+                while chunk not in ready:
                     future = next(running)
                     result = self._result(future)
                     on_result(result)
-                    ready[positions.pop(future.key)] = result
+                    ready[result.chunk] = result
                     future.release()
-                yield ready.pop(position)
+                yield ready.pop(chunk)
         finally:
             for future in running.futures:
                 future.cancel()

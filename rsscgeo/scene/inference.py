@@ -204,11 +204,12 @@ def classify_chunk(
     """Classify every patch of a chunk whose valid fraction reaches ``min_valid``."""
     patches, fraction = cut_patches(values, valid, grid, chunk)
     keep = fraction >= min_valid
-    probs = torch.full((len(patches), loaded.card.num_classes), float("nan"))
     if keep.all():  # the usual case: classify the view, no copy of the chunk
         probs = classify_patches(loaded, patches, preprocess, batch_size)
-    elif keep.any():
-        probs[keep] = classify_patches(loaded, patches[keep], preprocess, batch_size)
+    else:
+        probs = torch.full((len(patches), loaded.card.num_classes), float("nan"))
+        if keep.any():
+            probs[keep] = classify_patches(loaded, patches[keep], preprocess, batch_size)
     shape = (chunk.nrows, chunk.ncols)
     return ChunkResult(
         chunk,

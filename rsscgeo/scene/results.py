@@ -14,7 +14,7 @@ import xarray as xr
 from dask.delayed import delayed
 
 from rsscgeo.modelfile import LoadedModel
-from rsscgeo.scene.classify import ChunkWork
+from rsscgeo.scene.classify import ChunkWork, chunk_side
 from rsscgeo.scene.inference import prepare_model
 from rsscgeo.scene.plan import plan_scene
 
@@ -29,14 +29,15 @@ def patch_dataset(
     gsd: float | None = None,
     min_valid: float = 0.5,
     batch_size: int = 64,
-    chunk_patches: int = 13,
+    chunk_patches: int | None = None,
 ) -> xr.Dataset:
     """The scene's per-patch classification as an xarray Dataset (computed lazily).
 
     Variables on dimensions ``y``, ``x`` (patch centres in the scene's CRS) and
     ``class``: ``probability`` (NaN for skipped patches), ``class_id`` (-1 when
     skipped), ``score`` and ``valid_fraction``. Attributes ``crs`` (WKT) and
-    ``transform`` (GDAL order) describe the patch grid.
+    ``transform`` (GDAL order) describe the patch grid. Each dask block is one chunk
+    of ``chunk_patches`` patches a side (default: the chunks ``classify_scene`` reads).
 
     Raises:
         SceneError: If the scene cannot be used with this model.
@@ -44,14 +45,15 @@ def patch_dataset(
     card = loaded.card
     plan = plan_scene(scenes, loaded, patch_size=patch_size, stride=stride, bands=bands, gsd=gsd)
     grid = plan.grid
+    side = chunk_patches or chunk_side(grid)  # one dask block per chunk, as classify_scene
     loaded = prepare_model(loaded, next(loaded.model.parameters()).device)
     work = ChunkWork.for_plan(plan, loaded, min_valid=min_valid, batch_size=batch_size)
-    prob_rows: list[list[da.Array]] = [[] for _ in range(0, grid.rows, chunk_patches)]
-    valid_rows: list[list[da.Array]] = [[] for _ in range(0, grid.rows, chunk_patches)]
-    for chunk in grid.chunks(chunk_patches):
+    prob_rows: list[list[da.Array]] = [[] for _ in range(0, grid.rows, side)]
+    valid_rows: list[list[da.Array]] = [[] for _ in range(0, grid.rows, side)]
+    for chunk in grid.chunks(side):
         result = delayed(work)(chunk, loaded)
         shape = (chunk.nrows, chunk.ncols)
-        row = chunk.row // chunk_patches
+        row = chunk.row // side
         prob_rows[row].append(_lazy(result.probabilities, (*shape, card.num_classes)))
         valid_rows[row].append(_lazy(result.valid_fraction, shape))
     probability = _mosaic(prob_rows)

@@ -49,6 +49,19 @@ class ClassInfo(BaseModel):
     color: str = Field(pattern=r"^#[0-9a-fA-F]{6}$")
 
 
+class StageRecord(BaseModel):
+    """One stage of a model's training chain (e.g. self-supervised pre-training)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    protocol: str
+    init: str
+    dataset: str
+    objective: str
+    epochs: int
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
 class Provenance(BaseModel):
     """Where a model came from: data, split, protocol and the metrics it reached."""
 
@@ -64,6 +77,28 @@ class Provenance(BaseModel):
         default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     )
     notes: str | None = None
+    stages: list[StageRecord] = Field(
+        default_factory=list, description="Earlier stages of the chain, first stage first."
+    )
+
+
+class Calibration(BaseModel):
+    """How far to trust the model's scores: temperature scaling and an Uncertain cut-off.
+
+    Calibrated probabilities are ``softmax(logits / temperature)``. A patch whose
+    calibrated top-1 probability is below ``uncertain_below`` is mapped as Uncertain.
+    Both are fitted on a validation split that is neither trained on nor the test split.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(gt=0)
+    uncertain_below: float = Field(ge=0, le=1)
+    fitted_on: str = Field(description="The validation data both values were chosen on.")
+    rule: str = Field(description="How uncertain_below was chosen.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="Validation NLL/ECE before and after, coverage, ..."
+    )
 
 
 class ModelCard(BaseModel):
@@ -89,6 +124,7 @@ class ModelCard(BaseModel):
     gsd: float | None = Field(default=None, gt=0, description="Ground sample distance, m/px.")
     gsd_note: str | None = None
     thresholds: list[float] | None = None
+    calibration: Calibration | None = None
     provenance: Provenance
 
     @property
@@ -100,6 +136,16 @@ class ModelCard(BaseModel):
     def input_size(self) -> int:
         """Side of the image the network is fed."""
         return self.eval_crop or self.eval_resize
+
+    @property
+    def temperature(self) -> float:
+        """Divisor of the logits that calibrates the scores (1 when never fitted)."""
+        return self.calibration.temperature if self.calibration else 1.0
+
+    @property
+    def uncertain_below(self) -> float:
+        """Calibrated top-1 probability below which a patch is Uncertain (0: never)."""
+        return self.calibration.uncertain_below if self.calibration else 0.0
 
     @property
     def num_classes(self) -> int:

@@ -25,6 +25,7 @@ app.initQgis()
 vector = QgsVectorLayer(gpkg, "labels", "ogr")
 raster = QgsRasterLayer(tif, "labels_raster")
 renderer = vector.renderer()
+categories = renderer.categories() if renderer and renderer.type() == "categorizedSymbol" else []
 report = {
     "qgis": app.applicationVersion() if hasattr(app, "applicationVersion") else "",
     "vector_valid": vector.isValid(),
@@ -32,9 +33,8 @@ report = {
     "vector_wkt": vector.crs().toWkt(),
     "features": vector.featureCount(),
     "renderer": renderer.type() if renderer else None,
-    "categories": [c.value() for c in renderer.categories()]
-    if renderer and renderer.type() == "categorizedSymbol"
-    else [],
+    "categories": [c.value() for c in categories],
+    "category_colors": [c.symbol().color().name() for c in categories],
     "raster_valid": raster.isValid(),
     "raster_crs": raster.crs().authid(),
     "raster_wkt": raster.crs().toWkt(),
@@ -42,6 +42,9 @@ report = {
 }
 # The paletted renderer's class labels are what the QGIS legend shows.
 report["raster_labels"] = [c.label for c in raster.renderer().classes()]
+report["raster_values"] = [int(c.value) for c in raster.renderer().classes()]
+report["raster_colors"] = [c.color.name() for c in raster.renderer().classes()]
+report["raster_legend"] = [label for label, _ in raster.renderer().legendSymbologyItems()]
 settings = QgsMapSettings()
 settings.setLayers([vector, raster])
 settings.setDestinationCrs(vector.crs())

@@ -36,6 +36,11 @@ def card():
     return load_model(BUNDLED_MODEL).card
 
 
+def legend_names(card) -> list[str]:
+    """What the maps of the bundled model show: its classes, Uncertain if calibrated."""
+    return card.class_names + (["Uncertain"] if card.uncertain_below > 0 else [])
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_outputs_are_georeferenced_and_consistent(tmp_path: Path, run_cli, card, name: str) -> None:
     scene = CASES[name]
@@ -56,26 +61,27 @@ def test_outputs_are_georeferenced_and_consistent(tmp_path: Path, run_cli, card,
         assert out.nodata == 255
     valid = classes != 255
     assert len(frame) == int(valid.sum()) > 0
-    assert set(frame["class_name"]) <= set(card.class_names)
+    assert set(frame["class_name"]) <= set(legend_names(card))
     p_cols = [f"p_{n}" for n in card.class_names]
     np.testing.assert_allclose(frame[p_cols].sum(axis=1), 1.0, atol=1e-4)
     np.testing.assert_allclose(probs[:, valid].sum(axis=0), 1.0, atol=1e-4)
     assert (frame["valid_fraction"] >= 0.5).all()
     assert list(frame.columns[:5]) == ["row", "col", "class_id", "class_name", "score"]
     # The raster and the polygons agree patch by patch.
-    np.testing.assert_array_equal(classes[frame["row"], frame["col"]], frame["class_id"])
+    raster_ids = np.where(frame["class_id"] == -1, 254, frame["class_id"])  # Uncertain
+    np.testing.assert_array_equal(classes[frame["row"], frame["col"]], raster_ids)
     with sqlite3.connect(gpkg) as db:
         styles = db.execute(
             "SELECT f_table_name, useAsDefault, styleQML FROM layer_styles"
         ).fetchall()
     assert styles and styles[0][:2] == (name, 1)
-    assert styles[0][2].count("<category ") == card.num_classes
+    assert styles[0][2].count("<category ") == len(legend_names(card))
     assert gpkg.with_suffix(".qml").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [gpkg.name, tif.name, f"{name}.qml", f"{tif.name}.aux.xml"]
     )
     category_names = ET.parse(f"{tif}.aux.xml").getroot().iterfind(".//Category")
-    assert [c.text for c in category_names] == card.class_names
+    assert [c.text for c in category_names][: card.num_classes] == card.class_names
 
 
 def test_polygons_tile_the_classified_area(tmp_path: Path, run_cli) -> None:
@@ -266,7 +272,8 @@ def test_patch_dataset_is_lazy_and_matches_the_geotiff(tmp_path: Path, run_cli) 
     with rasterio.open(out) as src:
         classes, transform = src.read(1), src.transform
     computed = data.compute()
-    np.testing.assert_array_equal(np.where(computed.class_id < 0, 255, computed.class_id), classes)
+    expected = np.where(computed.class_id < 0, 255, computed.class_id)
+    np.testing.assert_array_equal(np.where(computed.uncertain, 254, expected), classes)
     assert tuple(transform.to_gdal()) == pytest.approx(computed.attrs["transform"])
     done = computed.class_id >= 0
     np.testing.assert_allclose(
@@ -395,3 +402,39 @@ def test_parallel_reads_are_thread_safe(tmp_path: Path, monkeypatch: pytest.Monk
             results.append(src.read())
     np.testing.assert_array_equal(results[0], results[1])
     np.testing.assert_array_equal(results[0], results[2])
+
+
+def test_tta_reaches_the_outputs_and_the_resume_fingerprint(
+    tmp_path: Path, run_cli, card, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rasterio.windows import Window
+
+    import rsscgeo
+    import rsscgeo.scene.classify as engine
+
+    with rasterio.open(CASES["naip_rgbn"]) as src:  # six patches
+        scene = _write_part(src, tmp_path / "part.tif", Window(150, 150, 450, 300))
+    gpkg = tmp_path / "tta.gpkg"
+    result = run_cli("classify", scene, "--out", gpkg, "--bands", "1,2,3", "--tta")
+    assert result.exit_code == 0, result.output
+    assert "test-time augmentation" in result.output
+    frame = gpd.read_file(gpkg, layer="tta")
+    loaded = load_model(BUNDLED_MODEL)
+    with_tta = rsscgeo.patch_dataset([scene], loaded, bands=[1, 2, 3], tta=True)
+    plain = rsscgeo.patch_dataset([scene], loaded, bands=[1, 2, 3])
+    at = (frame["row"].to_numpy(), frame["col"].to_numpy())
+    expected = with_tta.probability.values[at]
+    assert len(frame) == 6
+    np.testing.assert_allclose(frame[[f"p_{n}" for n in card.class_names]], expected, atol=1e-6)
+    assert np.abs(expected - plain.probability.values[at]).max() > 1e-3
+
+    # A journal of a run without TTA is not resumed with --tta.
+    def fails(self, chunk, loaded):
+        raise RuntimeError("power loss")
+
+    out = tmp_path / "o.gpkg"
+    monkeypatch.setattr(engine.ChunkWork, "__call__", fails)
+    assert run_cli("classify", scene, "--out", out, "--bands", "1,2,3").exit_code != 0
+    monkeypatch.undo()
+    result = run_cli("classify", scene, "--out", out, "--bands", "1,2,3", "--tta", "--resume")
+    assert_one_line_error(result, "other inputs or options", "without --resume")

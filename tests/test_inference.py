@@ -9,13 +9,14 @@ import pytest
 import rasterio
 import rasterio.merge
 import torch
-from conftest import SCENES, write_raster
+from conftest import REPO, SCENES, write_raster
 from rasterio.enums import Resampling
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 
 from rsscgeo._torchgeo import MosaicDataset
 from rsscgeo.data.transforms import card_transform
-from rsscgeo.modelfile import BUNDLED_MODEL, read_card
+from rsscgeo.modelfile import BUNDLED_MODEL, LoadedModel, read_card
 from rsscgeo.scene.inference import Preprocess, Scaling
 
 
@@ -128,3 +129,34 @@ def test_alpha_band_marks_invalid_pixels(tmp_path: Path) -> None:
     values, valid = read(path, (500000, 4000000 - 128, 500128, 4000000), (2.0, 2.0))
     assert not valid[:, :16].any() and valid[:, 16:].all()
     assert (values[:, valid] == 120).all()
+
+
+def test_tta_is_the_mean_of_the_8_dihedral_transforms() -> None:
+    from rsscgeo.modelfile import Calibration, load_model
+    from rsscgeo.predict import DIHEDRAL, dihedral, probabilities
+    from rsscgeo.scene.inference import classify_patches, prepare_model
+
+    bundled = load_model(BUNDLED_MODEL)
+    calibration = Calibration(temperature=1.7, uncertain_below=0.3, fitted_on="-", rule="-")
+    card = bundled.card.model_copy(update={"calibration": calibration})
+    loaded = prepare_model(LoadedModel(bundled.model, card), torch.device("cpu"))
+    with rasterio.open(REPO / "examples" / "scenes" / "naip_2020_rgbn.tif") as src:
+        image = torch.from_numpy(src.read([1, 2, 3], window=Window(300, 150, 450, 300)))
+    # Six real patches, as cut_patches cuts them (a strided view of the chunk).
+    patches = image.unfold(1, 150, 150).unfold(2, 150, 150).permute(1, 2, 0, 3, 4)
+    patches = patches.reshape(-1, 3, 150, 150)
+    preprocess = Preprocess.build(card, Scaling.divide_by(255, 3), torch.uint8, channels_last=True)
+    with torch.inference_mode():
+        batch = preprocess(patches).clone()
+        manual = torch.stack(
+            [probabilities(loaded.model, dihedral(batch, t, f), card) for t, f in DIHEDRAL]
+        ).mean(dim=0)
+        logits = loaded.model(batch)
+    tta = classify_patches(loaded, patches, preprocess, batch_size=4, tta=True)
+    plain = classify_patches(loaded, patches, preprocess, batch_size=4)
+    assert tta.shape == (6, card.num_classes)
+    assert (tta - manual).abs().max().item() < 1e-5
+    torch.testing.assert_close(tta.sum(dim=1), torch.ones(6))
+    assert (tta - plain).abs().max().item() > 1e-3  # the transforms do change the scores
+    # Without TTA: the softmax of the logits over the card's temperature.
+    assert (plain - torch.softmax(logits / 1.7, dim=1)).abs().max().item() < 1e-5

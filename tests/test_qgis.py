@@ -36,6 +36,20 @@ def pyqgis() -> None:
         pytest.skip("PyQGIS not installed (apt-get install -y python3-qgis qgis-providers)")
 
 
+def probe(tmp_path: Path, gpkg: Path, tif: Path, png: Path) -> tuple[dict, str]:
+    """What real QGIS reports on opening ``gpkg`` and ``tif`` (see qgis_probe.py)."""
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_RUNTIME_DIR": str(tmp_path)}
+    probe = subprocess.run(
+        [SYSTEM_PYTHON, str(PROBE), str(gpkg), str(tif), str(png)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert probe.returncode == 0, probe.stderr
+    return json.loads(probe.stdout.strip().splitlines()[-1]), probe.stderr
+
+
 @pytest.mark.parametrize(
     "scene",
     [
@@ -47,18 +61,9 @@ def pyqgis() -> None:
 def test_outputs_open_styled_in_qgis(tmp_path: Path, run_cli, pyqgis: None, scene: Path) -> None:
     gpkg, tif, png = tmp_path / "labels.gpkg", tmp_path / "labels.tif", tmp_path / "map.png"
     assert run_cli("classify", scene, "--out", gpkg, "--out", tif).exit_code == 0
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_RUNTIME_DIR": str(tmp_path)}
-    probe = subprocess.run(
-        [SYSTEM_PYTHON, str(PROBE), str(gpkg), str(tif), str(png)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert probe.returncode == 0, probe.stderr
-    report = json.loads(probe.stdout.strip().splitlines()[-1])
+    report, stderr = probe(tmp_path, gpkg, tif, png)
     # GDAL 3.6 under QGIS 3.22 reads GeoPackage 1.2 without the 1.4 "partially supported" warning.
-    assert "partially supported" not in probe.stderr, probe.stderr
+    assert "partially supported" not in stderr, stderr
     import rasterio
 
     with rasterio.open(scene) as src:
@@ -66,14 +71,49 @@ def test_outputs_open_styled_in_qgis(tmp_path: Path, run_cli, pyqgis: None, scen
     assert report["vector_valid"] and report["raster_valid"]
     assert report["vector_crs"] == report["raster_crs"] == f"EPSG:{epsg}"
     assert report["renderer"] == "categorizedSymbol"
-    assert report["categories"] == load_model(BUNDLED_MODEL).card.class_names
+    card = load_model(BUNDLED_MODEL).card
+    uncertain = ["Uncertain"] if card.uncertain_below > 0 else []
+    assert report["categories"] == card.class_names + uncertain
     assert report["raster_renderer"] == "paletted"
     assert report["raster_labels"][:30] == load_model(BUNDLED_MODEL).card.class_names
     assert report["features"] > 0
     assert report["png_saved"]
     # The rendered map shows each class present in the layer in its card colour.
-    card = load_model(BUNDLED_MODEL).card
     present = set(gpd.read_file(gpkg, layer="labels")["class_name"])
     colours = {c.name: tuple(int(c.color[i : i + 2], 16) for i in (1, 3, 5)) for c in card.classes}
     rendered = {rgb for _, rgb in Image.open(png).convert("RGB").getcolors(maxcolors=1 << 20)}
     assert {colours[name] for name in present} <= rendered
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    from test_uncertain import write_calibrated_model
+
+    return write_calibrated_model(tmp_path_factory.mktemp("model"))
+
+
+def test_uncertain_is_a_grey_category_in_qgis(
+    tmp_path: Path, run_cli, pyqgis: None, calibrated: tuple[Path, float]
+) -> None:
+    from test_uncertain import SCENE
+
+    model, _ = calibrated
+    gpkg, tif, png = tmp_path / "labels.gpkg", tmp_path / "labels.tif", tmp_path / "map.png"
+    result = run_cli("classify", SCENE, "--model", model, "--out", gpkg, "--out", tif)
+    assert result.exit_code == 0, result.output
+    frame = gpd.read_file(gpkg, layer="labels")
+    assert 0 < (frame["class_name"] == "Uncertain").sum() < len(frame)
+    report, _ = probe(tmp_path, gpkg, tif, png)
+    card = load_model(model).card
+    assert report["vector_valid"] and report["raster_valid"]
+    assert report["categories"] == [*card.class_names, "Uncertain"]
+    grey = report["category_colors"][-1]
+    assert grey[1:3] == grey[3:5] == grey[5:7]  # #rrggbb with r = g = b
+    assert report["category_colors"][:-1] == [c.color for c in card.classes]
+    # The raster's legend names value 254 Uncertain, in the same grey.
+    at = report["raster_values"].index(254)
+    assert report["raster_labels"][at] == "Uncertain" == report["raster_legend"][at]
+    assert report["raster_colors"][at] == grey
+    assert report["raster_labels"][:30] == card.class_names
+    rendered = {rgb for _, rgb in Image.open(png).convert("RGB").getcolors(maxcolors=1 << 20)}
+    assert tuple(int(grey[i : i + 2], 16) for i in (1, 3, 5)) in rendered

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from rsscgeo.cli.options import tta_option
+
 if TYPE_CHECKING:  # the CLI imports the engine lazily, so --help stays fast
     from rsscgeo.scene.classify import ClassifySummary
 
@@ -90,6 +92,14 @@ def _bands(value: str | None) -> list[int] | None:
     "--device", default="auto", show_default=True, help="auto (GPU when present), cpu or cuda[:i]."
 )
 @click.option("--probabilities", is_flag=True, help="GeoTIFF: add one probability band per class.")
+@click.option(
+    "--uncertain-below",
+    type=click.FloatRange(0, 1),
+    metavar="P",
+    help="Map patches whose calibrated top-1 probability is below P as Uncertain; 0 "
+    "disables it [default: the model card's calibration, else 0].",
+)
+@tta_option
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option(
     "--resume",
@@ -114,6 +124,8 @@ def classify(
     scheduler: str | None,
     device: str,
     probabilities: bool,
+    uncertain_below: float | None,
+    tta: bool,
     overwrite: bool,
     resume: bool,
 ) -> None:
@@ -145,6 +157,8 @@ def classify(
                 chunk_pixels=chunk_size,
                 engine=engine,
                 probabilities=probabilities,
+                tta=tta,
+                uncertain_below=uncertain_below,
                 overwrite=overwrite,
                 resume=resume,
                 model_path=model or BUNDLED_MODEL,
@@ -207,6 +221,14 @@ def _report(summary: ClassifySummary, min_valid: float) -> None:
             "smaller than one patch? lower --min-valid or --patch-size)",
             err=True,
         )
+    if summary.uncertain_below > 0:
+        share = 100 * summary.uncertain / summary.classified if summary.classified else 0.0
+        click.echo(
+            f"Uncertain: {summary.uncertain} patches ({share:.1f}% of classified), top-1 "
+            f"probability below {summary.uncertain_below:g} {summary.uncertain_source}"
+        )
+    else:
+        click.echo(f"Uncertain: off ({summary.uncertain_source})")
     top = ", ".join(f"{name} {n}" for name, n in summary.per_class.most_common(8))
     if top:
         click.echo(f"most frequent classes: {top}")

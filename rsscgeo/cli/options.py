@@ -22,3 +22,9 @@ workers_option = click.option(
     show_default=True,
     help="Data-loading worker processes.",
 )
+tta_option = click.option(
+    "--tta",
+    is_flag=True,
+    help="Test-time augmentation: average the probabilities of the 8 rotations/flips of "
+    "each image (8x the model compute).",
+)

@@ -5,7 +5,8 @@ task (read, cut into patches, classify in batches) on an embedded or existing Da
 cluster (see ``engine``). Tasks return only small per-patch arrays, which the client
 journals as they arrive and streams to the writers in chunk order, so memory stays
 bounded by a window of chunks however large the scene, and the outputs do not depend
-on the number of workers or on interruptions.
+on the number of workers or on interruptions. Uncertain patches (see ``legend``) are
+decided as results are written, so the journal holds only probabilities.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from rsscgeo.scene.inference import (
     prefers_channels_last,
 )
 from rsscgeo.scene.journal import Journal, fingerprint, journal_dir
+from rsscgeo.scene.legend import UNCERTAIN_VALUE, Legend
 from rsscgeo.scene.lock import lock_outputs
 from rsscgeo.scene.plan import ScenePlan, plan_scene
 from rsscgeo.scene.reader import SceneReader
@@ -50,12 +52,24 @@ MIN_SIDE = 4
 
 @dataclass
 class ClassifySummary:
-    """What a run did, for the command's report."""
+    """What a run did, for the command's report.
+
+    Attributes:
+        classified: Patches classified (Uncertain ones included).
+        skipped: Patches below ``min_valid``.
+        uncertain: Classified patches mapped as Uncertain.
+        uncertain_below: The Uncertain threshold used (0: none).
+        uncertain_source: Where that threshold came from, in words (``Legend.source``).
+        per_class: Patches per class, Uncertain ones left out.
+    """
 
     grid: PatchGrid
     outputs: list[Path]
     classified: int = 0
     skipped: int = 0
+    uncertain: int = 0
+    uncertain_below: float = 0.0
+    uncertain_source: str = ""
     per_class: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -80,6 +94,8 @@ def classify_scene(
     engine: Engine | None = None,
     device: str = "auto",
     probabilities: bool = False,
+    tta: bool = False,
+    uncertain_below: float | None = None,
     overwrite: bool = False,
     resume: bool = False,
     model_path: Path | None = None,
@@ -96,6 +112,11 @@ def classify_scene(
     run from that journal (``model_path`` goes into its fingerprint). Outputs are
     locked for the run.
 
+    Probabilities are calibrated with the card's temperature and, with ``tta``,
+    averaged over the 8 dihedral transforms of each patch. Patches whose top-1
+    probability is below ``uncertain_below`` (default: the card's calibration; 0
+    disables it; never for multi-label models) are written as Uncertain.
+
     Raises:
         SceneError: If the scene or the options do not fit the model.
         OutputExistsError: If an output exists and ``overwrite`` is not set.
@@ -108,6 +129,12 @@ def classify_scene(
     for path in outputs:
         _check_output(path)
     card = loaded.card
+    legend = Legend.for_card(card, uncertain_below)
+    if geotiff is not None and card.num_classes > UNCERTAIN_VALUE:
+        raise SceneError(
+            f"the model has {card.num_classes} classes; a GeoTIFF class band holds at most "
+            f"{UNCERTAIN_VALUE}; write a .gpkg instead."
+        )
     plan = plan_scene(
         scenes, loaded, patch_size=patch_size, stride=stride, bands=bands, gsd=gsd, say=say
     )
@@ -121,8 +148,18 @@ def classify_scene(
         "min_valid": min_valid,
         "scaling": [scaling.low, scaling.high],
         "chunk_side": side,
+        "tta": tta,  # the Uncertain threshold is applied on writing, so it is not here
     }
-    summary = ClassifySummary(grid, outputs, notes=notes)
+    summary = ClassifySummary(
+        grid,
+        outputs,
+        uncertain_below=legend.uncertain_below,
+        uncertain_source=legend.source,
+        notes=notes,
+    )
+    if tta:
+        notes.append("test-time augmentation: probabilities averaged over 8 rotations/flips")
+        say(notes[-1])
     with ExitStack() as stack:
         stack.enter_context(lock_outputs(outputs))
         # Checked under the lock: a run that just finished has written its outputs. A
@@ -140,20 +177,20 @@ def classify_scene(
         journal = Journal(
             journal_dir(outputs[0]), fingerprint(scenes, model_path, options), resume=resume
         )
-        work = ChunkWork.for_plan(plan, loaded, min_valid=min_valid, batch_size=batch_size)
+        work = ChunkWork.for_plan(plan, loaded, min_valid=min_valid, batch_size=batch_size, tta=tta)
         key = engine.install(loaded)
         chunks = list(grid.chunks(side))
         start = time.perf_counter()
         writers: list[GeoPackageWriter | GeoTiffWriter] = []
         try:
             if gpkg is not None:
-                writers.append(GeoPackageWriter(gpkg, grid, card))
+                writers.append(GeoPackageWriter(gpkg, grid, legend))
             if geotiff is not None:
-                writers.append(GeoTiffWriter(geotiff, grid, card, probabilities))
+                writers.append(GeoTiffWriter(geotiff, grid, legend, probabilities))
             for result in _results(engine, work, key, chunks, journal, progress):
                 for writer in writers:
                     writer.write(result)
-                _count(summary, result, card.class_names)
+                _count(summary, result, legend)
             for writer in writers:
                 writer.finish()
         except BaseException:  # temporary files go; the journal stays for --resume
@@ -205,10 +242,17 @@ class ChunkWork:
     preprocess: Preprocess
     min_valid: float
     batch_size: int
+    tta: bool = False
 
     @classmethod
     def for_plan(
-        cls, plan: ScenePlan, loaded: LoadedModel, *, min_valid: float, batch_size: int
+        cls,
+        plan: ScenePlan,
+        loaded: LoadedModel,
+        *,
+        min_valid: float,
+        batch_size: int,
+        tta: bool = False,
     ) -> ChunkWork:
         """The work for a planned scene and ``loaded`` (see ``prepare_model``)."""
         preprocess = Preprocess.build(
@@ -217,7 +261,7 @@ class ChunkWork:
             plan.raw_dtype,
             channels_last=prefers_channels_last(loaded.model),
         )
-        return cls(plan.reader, plan.grid, preprocess, min_valid, batch_size)
+        return cls(plan.reader, plan.grid, preprocess, min_valid, batch_size, tta)
 
     def __call__(self, chunk: Chunk, loaded: LoadedModel) -> ChunkResult:
         """Read, cut and classify one chunk."""
@@ -231,6 +275,7 @@ class ChunkWork:
             preprocess=self.preprocess,
             min_valid=self.min_valid,
             batch_size=self.batch_size,
+            tta=self.tta,
         )
 
 
@@ -246,11 +291,14 @@ def chunk_side(grid: PatchGrid, chunk_pixels: int | None = None) -> int:
     return max(1, min(CHUNK_PIXELS // grid.stride, max(MIN_SIDE, spread)))
 
 
-def _count(summary: ClassifySummary, result: ChunkResult, names: list[str]) -> None:
+def _count(summary: ClassifySummary, result: ChunkResult, legend: Legend) -> None:
     done = result.classified
+    uncertain = legend.uncertain(result.scores)
     summary.classified += int(done.sum())
     summary.skipped += int((~done).sum())
-    summary.per_class.update(names[i] for i in result.class_ids[done])
+    summary.uncertain += int(uncertain.sum())
+    names = legend.card.class_names
+    summary.per_class.update(names[i] for i in result.class_ids[done & ~uncertain])
 
 
 def _check_output(path: Path) -> None:

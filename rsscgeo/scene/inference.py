@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from rsscgeo._buffers import thread_buffer
 from rsscgeo.modelfile import LoadedModel, ModelCard
+from rsscgeo.predict import probabilities
 from rsscgeo.scene.grid import Chunk, PatchGrid
 
 
@@ -62,6 +63,12 @@ class ChunkResult:
         """Nrows x ncols: the most probable class, -1 where the patch was skipped."""
         best = np.nan_to_num(self.probabilities).argmax(axis=-1)
         return np.where(self.classified, best, -1)
+
+    @property
+    def scores(self) -> npt.NDArray[np.float32]:
+        """Nrows x ncols: the top-1 probability, NaN where the patch was skipped."""
+        best: npt.NDArray[np.float32] = self.probabilities.max(axis=-1)
+        return best
 
 
 def cut_patches(
@@ -169,12 +176,19 @@ class Preprocess:
 
 @torch.inference_mode()
 def classify_patches(
-    loaded: LoadedModel, patches: torch.Tensor, preprocess: Preprocess, batch_size: int
+    loaded: LoadedModel,
+    patches: torch.Tensor,
+    preprocess: Preprocess,
+    batch_size: int,
+    *,
+    tta: bool = False,
 ) -> torch.Tensor:
-    """Class probabilities (softmax, or sigmoid for multilabel) of raw patches.
+    """Calibrated class probabilities of raw patches (see ``rsscgeo.predict``).
 
-    On a GPU the raw patches are copied there (as uint8 for 8-bit scenes) and
-    preprocessed there, and the model runs under fp16 autocast.
+    Softmax of the logits over the card's temperature (sigmoid for multilabel); with
+    ``tta`` averaged over the 8 dihedral transforms of each patch. On a GPU the raw
+    patches are copied there (as uint8 for 8-bit scenes) and preprocessed there, and
+    the model runs under fp16 autocast.
     """
     card = loaded.card
     device = next(loaded.model.parameters()).device
@@ -184,8 +198,7 @@ def classify_patches(
     for start in range(0, len(patches), batch_size):
         batch = preprocess(patches[start : start + batch_size].to(device, non_blocking=True))
         with torch.autocast(device.type, dtype=torch.float16, enabled=on_gpu):
-            logits = loaded.model(batch).float()
-        probs = logits.sigmoid() if card.task == "multilabel" else F.softmax(logits, dim=1)
+            probs = probabilities(loaded.model, batch, card, tta=tta)
         outputs.append(probs.cpu())
     return torch.cat(outputs) if outputs else torch.empty(0, card.num_classes)
 
@@ -200,16 +213,17 @@ def classify_chunk(
     preprocess: Preprocess,
     min_valid: float,
     batch_size: int,
+    tta: bool = False,
 ) -> ChunkResult:
     """Classify every patch of a chunk whose valid fraction reaches ``min_valid``."""
     patches, fraction = cut_patches(values, valid, grid, chunk)
     keep = fraction >= min_valid
     if keep.all():  # the usual case: classify the view, no copy of the chunk
-        probs = classify_patches(loaded, patches, preprocess, batch_size)
+        probs = classify_patches(loaded, patches, preprocess, batch_size, tta=tta)
     else:
         probs = torch.full((len(patches), loaded.card.num_classes), float("nan"))
         if keep.any():
-            probs[keep] = classify_patches(loaded, patches[keep], preprocess, batch_size)
+            probs[keep] = classify_patches(loaded, patches[keep], preprocess, batch_size, tta=tta)
     shape = (chunk.nrows, chunk.ncols)
     return ChunkResult(
         chunk,

@@ -1,4 +1,7 @@
-"""QGIS styles from a model card: a categorised renderer, one category per class."""
+"""QGIS styles from a map legend: a categorised renderer, one category per class.
+
+The legend is the card's classes and, when enabled, Uncertain (see ``legend``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import sqlite3
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from rsscgeo.modelfile import ModelCard
+from rsscgeo.scene.legend import Legend
 
 CLASS_FIELD = "class_name"
 # The table QGIS reads default styles from (it creates the same when saving a style).
@@ -19,8 +22,8 @@ CREATE TABLE IF NOT EXISTS layer_styles (
 )"""
 
 
-def categorised_qml(card: ModelCard, field: str = CLASS_FIELD) -> str:
-    """A QGIS 3 vector style: polygons filled with each class's card colour."""
+def categorised_qml(legend: Legend, field: str = CLASS_FIELD) -> str:
+    """A QGIS 3 vector style: polygons filled with each legend entry's colour."""
     root = ET.Element("qgis", version="3.22.0", styleCategories="Symbology")
     renderer = ET.SubElement(
         root,
@@ -33,12 +36,12 @@ def categorised_qml(card: ModelCard, field: str = CLASS_FIELD) -> str:
     )
     categories = ET.SubElement(renderer, "categories")
     symbols = ET.SubElement(renderer, "symbols")
-    for index, info in enumerate(card.classes):
+    for index, entry in enumerate(legend.entries):
         ET.SubElement(
             categories,
             "category",
-            value=info.name,
-            label=info.name,
+            value=entry.name,
+            label=entry.name,
             symbol=str(index),
             render="true",
         )
@@ -55,7 +58,7 @@ def categorised_qml(card: ModelCard, field: str = CLASS_FIELD) -> str:
             symbol, "layer", {"class": "SimpleFill", "enabled": "1", "pass": "0", "locked": "0"}
         )
         options = ET.SubElement(layer, "Option", type="Map")
-        red, green, blue = (int(info.color[i : i + 2], 16) for i in (1, 3, 5))
+        red, green, blue = entry.rgb
         for name, value in (
             ("color", f"{red},{green},{blue},255"),
             ("style", "solid"),

@@ -2,6 +2,7 @@
 
 Both writers work on a temporary path beside the output and move it into place only
 in ``finish``; ``abort`` removes the temporary files, so a failed run leaves nothing.
+Both label patches through the run's ``Legend`` (the card's classes and Uncertain).
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ import rasterio.shutil
 import shapely
 from rasterio.windows import Window
 
-from rsscgeo.modelfile import ModelCard
 from rsscgeo.scene.grid import PatchGrid
 from rsscgeo.scene.inference import ChunkResult
+from rsscgeo.scene.legend import CLASS_NODATA, UNCERTAIN, UNCERTAIN_ID, Legend
 from rsscgeo.scene.style import CLASS_FIELD, categorised_qml, embed_default_style
 
-CLASS_NODATA = 255
 # GDAL >= 3.7 writes GeoPackage 1.4 by default, which QGIS 3.22's GDAL 3.6 reports as
 # only partially supported; 1.2 opens everywhere without a warning.
 GPKG_VERSION = "1.2"
@@ -36,13 +36,18 @@ def temporary_path(path: Path) -> Path:
 
 
 class GeoPackageWriter:
-    """One polygon per classified patch, with a categorised QGIS style embedded."""
+    """One polygon per classified patch, with a categorised QGIS style embedded.
 
-    def __init__(self, path: Path, grid: PatchGrid, card: ModelCard) -> None:
+    An Uncertain patch has ``class_id`` -1 and ``class_name`` Uncertain; its ``score``,
+    ``top1``-``top3`` and ``p_*`` columns are written as for any other patch.
+    """
+
+    def __init__(self, path: Path, grid: PatchGrid, legend: Legend) -> None:
         self.path = path
         self.tmp = temporary_path(path)
         self.grid = grid
-        self.card = card
+        self.legend = legend
+        self.card = legend.card
         self.layer = path.stem
         self.count = 0
         self.tmp.unlink(missing_ok=True)
@@ -68,7 +73,7 @@ class GeoPackageWriter:
             self._frame_schema().to_file(
                 self.tmp, layer=self.layer, driver="GPKG", engine="pyogrio", VERSION=GPKG_VERSION
             )
-        qml = categorised_qml(self.card)
+        qml = categorised_qml(self.legend)
         embed_default_style(self.tmp, self.layer, "geometry", qml)
         self.path.with_suffix(".qml").write_text(qml)
         os.replace(self.tmp, self.path)
@@ -99,12 +104,14 @@ class GeoPackageWriter:
         names = np.array(self.card.class_names)
         order = np.argsort(-probs, axis=1)
         best = order[:, 0] if len(probs) else np.empty(0, int)
+        score = probs[np.arange(len(probs)), best].astype(np.float32)
+        uncertain = self.legend.uncertain(score)
         columns: dict[str, Any] = {
             "row": rows.astype(np.int32),
             "col": cols.astype(np.int32),
-            "class_id": best.astype(np.int32),
-            CLASS_FIELD: names[best],
-            "score": probs[np.arange(len(probs)), best].astype(np.float32),
+            "class_id": np.where(uncertain, UNCERTAIN_ID, best).astype(np.int32),
+            CLASS_FIELD: np.where(uncertain, UNCERTAIN, names[best]),
+            "score": score,
         }
         for rank in range(3):
             columns[f"top{rank + 1}"] = names[order[:, rank]] if len(probs) else names[:0]
@@ -123,17 +130,19 @@ class GeoPackageWriter:
 class GeoTiffWriter:
     """One pixel per patch: class id, then optionally one probability band per class.
 
-    The class band has a colour table and nodata where patches were skipped.
-    Written tiled, then copied to a Cloud-Optimised GeoTIFF on finish.
+    The class band has a colour table, 254 for Uncertain patches and nodata (255)
+    where patches were skipped. Written tiled, then copied to a Cloud-Optimised
+    GeoTIFF on finish.
     """
 
-    def __init__(self, path: Path, grid: PatchGrid, card: ModelCard, probabilities: bool) -> None:
+    def __init__(self, path: Path, grid: PatchGrid, legend: Legend, probabilities: bool) -> None:
         self.path = path
         self.work = path.with_name(f".{path.name}.work.tif")
         self.tmp = temporary_path(path)
-        self.card = card
+        self.legend = legend
+        self.card = legend.card
         self.probabilities = probabilities
-        count = 1 + (card.num_classes if probabilities else 0)
+        count = 1 + (self.card.num_classes if probabilities else 0)
         self.dst = rasterio.open(
             self.work,
             "w",
@@ -151,14 +160,14 @@ class GeoTiffWriter:
             compress="deflate",
         )
         if not probabilities:  # a colour table must exist before pixels are written
-            colors = {i: (*_rgb(c.color), 255) for i, c in enumerate(card.classes)}
+            colors = {e.value: (*e.rgb, 255) for e in legend.entries}
             self.dst.write_colormap(1, colors)
 
     def write(self, result: ChunkResult) -> None:
         """Write the chunk's block of pixels."""
         chunk = result.chunk
         skipped = ~result.classified
-        classes = np.where(skipped, CLASS_NODATA, result.class_ids)
+        classes = self.legend.raster_values(result)
         window = Window(chunk.col, chunk.row, chunk.ncols, chunk.nrows)
         self.dst.write(classes.astype(self.dst.dtypes[0]), 1, window=window)
         if self.probabilities:
@@ -171,14 +180,18 @@ class GeoTiffWriter:
         self.dst.set_band_description(1, "class_id")
         for index, name in enumerate(self.card.class_names if self.probabilities else []):
             self.dst.set_band_description(index + 2, f"p_{name}")
-        self.dst.update_tags(1, classes=",".join(self.card.class_names))
+        self.dst.update_tags(
+            1,
+            classes=",".join(self.card.class_names),
+            uncertain_below=f"{self.legend.uncertain_below:g}",
+        )
         self.dst.close()
         rasterio.shutil.copy(
             self.work, self.tmp, driver="COG", compress="deflate", overviews="auto"
         )
         self.work.unlink()
         os.replace(self.tmp, self.path)
-        _write_category_names(self.path, self.card.class_names)
+        _write_category_names(self.path, self.legend)
         return self.path
 
     def abort(self) -> None:
@@ -189,22 +202,20 @@ class GeoTiffWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def _write_category_names(path: Path, names: list[str]) -> None:
-    """Write band 1's class names to GDAL's ``.aux.xml`` sidecar.
+def _write_category_names(path: Path, legend: Legend) -> None:
+    """Write band 1's category names (by pixel value) to GDAL's ``.aux.xml`` sidecar.
 
     GeoTIFF has no internal place for category names; GDAL reads the sidecar and QGIS
-    shows the names in the legend.
+    shows the names in the legend. Values between the last class and Uncertain (254)
+    get empty names.
     """
     root = ET.Element("PAMDataset")
     band = ET.SubElement(root, "PAMRasterBand", band="1")
     categories = ET.SubElement(band, "CategoryNames")
-    for name in names:
-        ET.SubElement(categories, "Category").text = name
+    names = {e.value: e.name for e in legend.entries}
+    for value in range(max(names) + 1):
+        ET.SubElement(categories, "Category").text = names.get(value, "")
     sidecar = path.with_name(path.name + ".aux.xml")
     tmp = sidecar.with_name(f".{sidecar.name}.part")
     tmp.write_text(ET.tostring(root, encoding="unicode"))
     os.replace(tmp, sidecar)
-
-
-def _rgb(color: str) -> tuple[int, int, int]:
-    return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)

@@ -10,6 +10,13 @@ import pytest
 import yaml
 from conftest import assert_one_line_error
 from helpers import TINY
+from test_evaluate import (
+    CLASS_MAP,
+    COLOUR_CLASSES,
+    patch_networks,
+    save_colour_model,
+    write_colour_dataset,
+)
 
 from rsscgeo.experiments.published import find, published
 
@@ -139,3 +146,114 @@ def test_the_paper_experiment_plans_with_the_recipe() -> None:
         assert config.trainer.precision == "16-mixed" and config.optim.epochs == 100
     dapt = next(c for c in cells if c.protocol == "dapt")
     assert dapt.config.source is not None and dapt.config.source.data.layout == "mlrsnet-multilabel"
+
+
+def _eval_experiment(tmp_path: Path, class_map: str, **eval_set: object) -> Path:
+    """Runs on a tiny colour dataset, evaluated on another through ``class_map``."""
+    train_data = write_colour_dataset(
+        tmp_path / "train", {name: [((9, 9, 9), 16, 16)] for name in COLOUR_CLASSES}
+    )
+    eval_data = write_colour_dataset(tmp_path / "eval")
+    (tmp_path / "map.yaml").write_text(class_map)
+    spec = {
+        "name": "colours",
+        "out_dir": str(tmp_path / "exp"),
+        "seeds": [0, 1],
+        "datasets": {"colours": {"path": str(train_data)}},
+        "inits": {"imagenet": {"kind": "imagenet-offline"}},
+        "base": {k: v for k, v in TINY.items() if k != "seed"},
+        "runs": [
+            {"name": "stage", "dataset": "colours", "protocol": "finetune", "init": "imagenet",
+             "report": False},
+            {"name": "finetune", "dataset": "colours", "protocol": "finetune", "init": "imagenet"},
+        ],
+        "eval_sets": {"ucm": {"path": str(eval_data), "class_map": str(tmp_path / "map.yaml"),
+                              **eval_set}},
+    }  # fmt: skip
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _fake_train(calls: list[str]):
+    """Instead of training: seed 0 writes an exact colour model, seed 1 one that swaps
+    the Green and Blue outputs."""
+
+    def train(config) -> None:
+        calls.append(f"{config.out_dir}")
+        save_colour_model(config.out_dir / "model.safetensors", swap=config.seed == 1)
+        metrics = {"task": "multiclass", "overall_accuracy": 0.9, "average_accuracy": 0.9}
+        (config.out_dir / "metrics.json").write_text(json.dumps(metrics))
+
+    return train
+
+
+def test_eval_sets_are_evaluated_once_and_reported_beside_in_domain(
+    tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rsscgeo.training.crossdomain as crossdomain
+    import rsscgeo.training.run as run_module
+
+    patch_networks(monkeypatch)
+    calls: list[str] = []
+    monkeypatch.setattr(run_module, "train", _fake_train(calls))
+    config = _eval_experiment(tmp_path, CLASS_MAP)
+    result = run_cli("experiment", config)
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 4
+    out = tmp_path / "exp"
+    # Seed 0: 7/8 (see test_evaluate). Seed 1 (Green/Blue swapped): crimson 3/3, lime
+    # only its blue image (now Green), ocean both (it accepts Blue and Green): 6/8.
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    cross = {
+        (r["run"], r["seed"]): float(r["value"]) for r in rows if r["metric"] == "ucm_accuracy"
+    }
+    assert cross == {("finetune", "0"): 7 / 8, ("finetune", "1"): 6 / 8}
+    metrics = {r["metric"] for r in rows if r["run"] == "finetune"}
+    assert {"overall_accuracy", "ucm_accuracy", "ucm_coverage", "ucm_committed_accuracy"} <= metrics
+    assert not (out / "stage" / "seed-0" / "eval-ucm.json").exists()  # a stage, not reported
+    record = json.loads((out / "finetune" / "seed-0" / "eval-ucm.json").read_text())
+    assert record["left_out"][0]["folder"] == "grass"
+    table = (out / "results.md").read_text()
+    assert "*<set>_accuracy*" in table.splitlines()[2]
+    assert table.splitlines()[4].endswith("| diff | ucm_accuracy |")
+    row = next(line for line in table.splitlines() if line.startswith("| finetune"))
+    assert row.endswith("| 90.00 ± 0.00 | 2 |  |  | 81.25 ± 8.84 (2) |")
+
+    # Nothing is trained or evaluated again while the figures are recorded.
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("evaluated again")
+
+    evaluate = crossdomain.evaluate_with_class_map
+    monkeypatch.setattr(crossdomain, "evaluate_with_class_map", refuse)
+    again = run_cli("experiment", config)
+    assert again.exit_code == 0, again.output
+    assert len(calls) == 4 and "evaluating" not in again.output
+    assert list(csv.DictReader((out / "results.csv").open())) == rows
+
+    # A changed class map makes the recorded figures stale: re-evaluated, not retrained.
+    monkeypatch.setattr(crossdomain, "evaluate_with_class_map", evaluate)
+    _eval_experiment(tmp_path, CLASS_MAP.replace("lime: Green", "lime: [Green, Blue]"))
+    third = run_cli("experiment", config)
+    assert third.exit_code == 0, third.output
+    assert len(calls) == 4 and third.output.count("evaluating finetune") == 2
+    assert "| 100.00 ± 0.00 (2) |" in (out / "results.md").read_text()
+
+
+def test_bad_eval_sets_fail_before_training(
+    tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rsscgeo.training.run as run_module
+
+    calls: list[str] = []
+    monkeypatch.setattr(run_module, "train", _fake_train(calls))
+    # The models will be trained on Red/Green/Blue: Purple can never be predicted.
+    config = _eval_experiment(tmp_path, "crimson: [Purple]\n")
+    assert_one_line_error(
+        run_cli("experiment", config), "eval_sets.ucm:", "'Purple' is not a class of", ".runs"
+    )
+    config = _eval_experiment(tmp_path, "crimsn: [Red]\n")
+    assert_one_line_error(run_cli("experiment", config), "eval_sets.ucm:", "'crimsn'")
+    config = _eval_experiment(tmp_path, "crimson: [Red]\n", runs=["nope"])
+    assert_one_line_error(run_cli("experiment", config), "unknown run 'nope'")
+    assert calls == []

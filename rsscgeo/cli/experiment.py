@@ -11,12 +11,20 @@ import click
 @click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--run", "only", multiple=True, help="Only train these runs (repeatable).")
 @click.option("--plan", "plan_only", is_flag=True, help="List the runs and exit.")
-@click.option("--report", "report_only", is_flag=True, help="Only rewrite the results files.")
+@click.option(
+    "--report",
+    "report_only",
+    is_flag=True,
+    help="Only rewrite the results files (no training, no evaluation).",
+)
 def experiment(config: Path, only: tuple[str, ...], plan_only: bool, report_only: bool) -> None:
     """Train every run of the experiment CONFIG not finished yet, then report.
 
-    Writes results.csv, results.md (with the paper's figures where they match) and
-    results.png into the experiment's out_dir. Re-running continues where it stopped.
+    Finished models are then evaluated on the experiment's eval_sets (other datasets,
+    through a class map) where no figures are recorded yet. Writes results.csv,
+    results.md (with the paper's figures where they match, and a column per eval set)
+    and results.png into the experiment's out_dir. Re-running continues where it
+    stopped; --report neither trains nor evaluates.
     """
     from rsscgeo.experiments.config import load_experiment
     from rsscgeo.experiments.plan import plan_experiment

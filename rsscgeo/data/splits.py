@@ -1,4 +1,4 @@
-"""Seeded stratified train/test splits, saved as CSV beside a run."""
+"""Seeded stratified train/test splits (and a validation part), saved as CSV beside a run."""
 
 from __future__ import annotations
 
@@ -11,15 +11,29 @@ from pathlib import Path
 from rsscgeo.data.catalog import LABEL_SEPARATOR, Catalog, Item
 from rsscgeo.errors import DatasetError
 
-SPLIT_NAMES = ("train", "test")
+SPLIT_NAMES = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
 class Split:
-    """A catalogue divided into train and test items."""
+    """A catalogue divided into train and test items, and optionally validation items.
+
+    Validation items are neither trained on nor tested: calibration is fitted on them.
+    """
 
     train: Catalog
     test: Catalog
+    val: Catalog | None = None
+
+
+def hold_out_validation(split: Split, fraction: float, seed: int) -> Split:
+    """Move a seeded, stratified ``fraction`` of the training items into ``val``.
+
+    The test items stay as they are, so runs with and without validation are scored on
+    the same test split.
+    """
+    inner = stratified_split(split.train, 1.0 - fraction, seed + 1)
+    return Split(train=inner.train, test=split.test, val=inner.test)
 
 
 def stratified_split(catalog: Catalog, train_fraction: float, seed: int) -> Split:
@@ -58,7 +72,9 @@ def write_split(path: Path, split: Split) -> None:
         writer = csv.writer(f)
         writer.writerow(["path", "labels", "split"])
         for name in SPLIT_NAMES:
-            part: Catalog = getattr(split, name)
+            part: Catalog | None = getattr(split, name)
+            if part is None:
+                continue
             for item in part.items:
                 rel = (
                     item.path.relative_to(part.root)
@@ -68,6 +84,19 @@ def write_split(path: Path, split: Split) -> None:
                 writer.writerow(
                     [rel.as_posix(), LABEL_SEPARATOR.join(part.label_names(item)), name]
                 )
+
+
+def split_names(path: Path) -> set[str]:
+    """The split names (``train``, ``val``, ``test``) that rows of a split CSV use.
+
+    Raises:
+        DatasetError: If the file is unreadable.
+    """
+    try:
+        with path.open(newline="") as f:
+            return {r.get("split") or "" for r in csv.DictReader(f)} - {""}
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DatasetError(f"split file {path} is not readable ({err}).") from None
 
 
 def read_split(path: Path, catalog: Catalog, which: str) -> Catalog:

@@ -25,6 +25,7 @@ from pydantic_core import ErrorDetails
 from rsscgeo.backbones import InitSpec
 from rsscgeo.data.transforms import TransformConfig
 from rsscgeo.errors import ConfigError
+from rsscgeo.training.calibration import CalibrationConfig
 
 Protocol = Literal["scratch", "finetune", "linear", "dapt"]
 
@@ -43,6 +44,13 @@ class DataConfig(_Strict):
         "None detects class folders, a manifest or BigEarthNet.",
     )
     train_fraction: float = Field(default=0.8, gt=0, lt=1)
+    val_fraction: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Share of the training items held out to fit calibration (temperature "
+        "and the Uncertain threshold); 0 skips calibration.",
+    )
     split_file: Path | None = Field(
         default=None, description="Reuse this split CSV instead of drawing a new one."
     )
@@ -81,6 +89,9 @@ class OptimConfig(_Strict):
     gamma: float = Field(default=0.2, gt=0, le=1)
     epochs: int = Field(default=100, gt=0)
     batch_size: int = Field(default=100, gt=0)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    mixup: float = Field(default=0.0, ge=0, description="Mixup's Beta alpha; 0 is off.")
+    cutmix: float = Field(default=0.0, ge=0, description="CutMix's Beta alpha; 0 is off.")
 
 
 class TrainerConfig(_Strict):
@@ -127,11 +138,37 @@ class TrainerConfig(_Strict):
         return value
 
 
+class SSLConfig(_Strict):
+    """Self-supervised (SimCLR) continued pre-training on unlabelled in-domain images.
+
+    Two augmented views of each image are pulled together and pushed away from the
+    other images of the batch (NT-Xent loss) through a projection head that is dropped
+    afterwards; only the backbone is kept.
+    """
+
+    size: int = Field(default=112, gt=0, description="Side of each view (CPU budget).")
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    temperature: float = Field(default=0.2, gt=0, description="NT-Xent temperature.")
+    projection_dim: int = Field(default=128, gt=0)
+    unlabelled_scenes: list[Path] = Field(
+        default_factory=list,
+        description="8-bit GeoTIFFs cut into unlabelled tiles of the dataset's tile size.",
+    )
+
+
 class StageConfig(_Strict):
-    """The source stage of domain-adaptive pre-training."""
+    """The source stage of domain-adaptive pre-training.
+
+    ``objective: supervised`` fine-tunes on the source dataset's labels;
+    ``objective: ssl`` continues pre-training self-supervised on its images (labels
+    unused; only its training split, so a target on the same images keeps its test
+    images unseen) plus tiles of ``ssl.unlabelled_scenes``.
+    """
 
     data: DataConfig
     optim: OptimConfig = Field(default_factory=OptimConfig)
+    objective: Literal["supervised", "ssl"] = "supervised"
+    ssl: SSLConfig = Field(default_factory=SSLConfig)
 
 
 class RunConfig(_Strict):
@@ -148,6 +185,7 @@ class RunConfig(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     source: StageConfig | None = None
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     half_precision_file: bool = Field(
         default=False, description="Store the model file's weights as float16."
     )

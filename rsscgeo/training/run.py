@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,17 +39,34 @@ from rsscgeo.colors import class_colors
 from rsscgeo.data.catalog import Catalog, open_catalog
 from rsscgeo.data.dataset import TileDataset
 from rsscgeo.data.images import check_images
-from rsscgeo.data.splits import Split, read_split, stratified_split, write_split
+from rsscgeo.data.splits import (
+    Split,
+    hold_out_validation,
+    read_split,
+    split_names,
+    stratified_split,
+    write_split,
+)
 from rsscgeo.data.transforms import build_transform
 from rsscgeo.errors import ConfigError
-from rsscgeo.modelfile import ClassInfo, ModelCard, Provenance, save_model
-from rsscgeo.training.config import RunConfig, dump_config
+from rsscgeo.modelfile import (
+    Calibration,
+    ClassInfo,
+    ModelCard,
+    Provenance,
+    StageRecord,
+    save_model,
+)
+from rsscgeo.training.calibration import calibrate
+from rsscgeo.training.config import RunConfig, SSLConfig, StageConfig, dump_config
 from rsscgeo.training.evaluate import score
 from rsscgeo.training.features import FeatureDataset, cached_features
 from rsscgeo.training.figures import plot_confusion, plot_curves
 from rsscgeo.training.task import SceneClassificationTask
 
 MODEL_FILE = "model.safetensors"
+# The backbone a self-supervised stage keeps (plain weights: it has no classes).
+BACKBONE_FILE = "backbone.safetensors"
 
 
 # A trained network with its logits and the labels of the held-out split.
@@ -84,24 +102,103 @@ def train(config: RunConfig, *, resume: bool = True) -> list[RunResult]:
             "out_dir": config.out_dir / "source",
         }
     )
-    first = _run_stage(source, "dapt-source", resume=resume)
-    # Every process starts from the model file rank 0 wrote (the path is known on all).
-    chained = config.model.model_copy(
-        update={"init": InitSpec(kind="rsscgeo", path=source.out_dir / MODEL_FILE)}
-    )
+    if config.source.objective == "ssl":
+        first = _run_ssl_stage(source, config.source.ssl, resume=resume)
+        init = InitSpec(kind="file", path=source.out_dir / BACKBONE_FILE)
+    else:
+        first = _run_stage(source, "dapt-source", resume=resume)
+        init = InitSpec(kind="rsscgeo", path=source.out_dir / MODEL_FILE)
+    # Every process starts from the file rank 0 wrote (the path is known on all).
+    chained = config.model.model_copy(update={"init": init})
     target = config.model_copy(
         update={"model": chained, "source": None, "out_dir": config.out_dir / "target"}
     )
     if first is not None:
         (config.out_dir / "config.yaml").write_text(dump_config(config))
-    return _finished(first, _run_stage(target, "dapt-target", resume=resume))
+    stage = _stage_record(source, config.source, first)
+    return _finished(first, _run_stage(target, "dapt-target", resume=resume, stages=[stage]))
+
+
+def _stage_record(source: RunConfig, stage: StageConfig, result: RunResult | None) -> StageRecord:
+    """The source stage as the target's card records it."""
+    metrics = result.metrics if result is not None else {}
+    if stage.objective == "ssl":
+        objective = (
+            f"self-supervised SimCLR (NT-Xent, temperature {stage.ssl.temperature:g}, "
+            f"{stage.ssl.size} px views) on unlabelled images"
+        )
+    else:
+        objective = "supervised cross-entropy on the source labels"
+    return StageRecord(
+        protocol="dapt-source",
+        init=source.model.init.describe(),
+        dataset=", ".join([str(source.data.path), *map(str, stage.ssl.unlabelled_scenes)])
+        if stage.objective == "ssl"
+        else str(source.data.path),
+        objective=objective,
+        epochs=source.optim.epochs,
+        metrics={k: v for k, v in metrics.items() if isinstance(v, float)},
+    )
+
+
+def _run_ssl_stage(config: RunConfig, ssl: SSLConfig, *, resume: bool) -> RunResult | None:
+    """Self-supervised continued pre-training; writes ``backbone.safetensors``."""
+    from safetensors.torch import save_file
+
+    from rsscgeo.training.ssl import ContrastiveTask, TwoViews, final_loss, scene_tiles
+    from rsscgeo.training.ssl import view_transform as ssl_views
+
+    out = config.out_dir
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    trainer = build_trainer(config)
+    catalog = open_catalog(config.data.path, layout=config.data.layout)
+    check_images([item.path for item in catalog.items])
+    # Only training images: a target on the same dataset never sees its test images.
+    images = [item.path for item in _split(config, catalog).train.items]
+    bands = len(config.data.bands)
+    tiles = scene_tiles(ssl.unlabelled_scenes, _tile_size(catalog), config.data.gsd, bands)
+    views = ssl_views(ssl, config.model.mean, config.model.std)
+    dataset = TwoViews(images, tiles, views, config.data.input_scale, bands)
+    if _is_rank_zero(trainer):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_config(config))
+    optim = config.optim
+    task = ContrastiveTask(
+        architecture=config.model.architecture,
+        in_channels=bands,
+        init_kind=config.model.init.kind,
+        init_path=str(config.model.init.path) if config.model.init.path else None,
+        lr=optim.lr,
+        warmup_epochs=optim.warmup_epochs,
+        milestones=tuple(optim.milestones),
+        gamma=optim.gamma,
+        temperature=ssl.temperature,
+        projection_dim=ssl.projection_dim,
+    )
+    _fit(config, trainer, task, dataset, None, resume=resume)
+    if not trainer.is_global_zero:
+        return None
+    backbone_path = out / BACKBONE_FILE
+    state = {k: v.detach().cpu().contiguous() for k, v in task.backbone.state_dict().items()}
+    save_file(state, str(backbone_path))
+    metrics = {
+        "objective": "ssl",
+        "images": len(images),
+        "scene_tiles": len(tiles),
+        "epochs": optim.epochs,
+        "final_loss": final_loss(trainer),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return RunResult(out, backbone_path, metrics)
 
 
 def _finished(*results: RunResult | None) -> list[RunResult]:
     return [result for result in results if result is not None]
 
 
-def _run_stage(config: RunConfig, protocol: str, *, resume: bool) -> RunResult | None:
+def _run_stage(
+    config: RunConfig, protocol: str, *, resume: bool, stages: Sequence[StageRecord] = ()
+) -> RunResult | None:
     """Train, score and write one stage; ``None`` on processes other than global rank 0."""
     out = config.out_dir
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -132,6 +229,8 @@ def _run_stage(config: RunConfig, protocol: str, *, resume: bool) -> RunResult |
     network, logits, labels = fitted
     metrics = score(catalog.task, logits, labels, list(catalog.classes))
     card = _card(config, catalog, colors, protocol, metrics, out / "split.csv")
+    card.provenance.stages = list(stages)
+    card = card.model_copy(update={"calibration": _calibrate(config, network, catalog, split)})
     model_path = save_model(out / MODEL_FILE, network, card, half=config.half_precision_file)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if catalog.task == "multiclass":
@@ -144,13 +243,52 @@ def _run_stage(config: RunConfig, protocol: str, *, resume: bool) -> RunResult |
     return RunResult(out, model_path, metrics)
 
 
-def _split(config: RunConfig, catalog: Catalog) -> Split:
-    if config.data.split_file is None:
-        return stratified_split(catalog, config.data.train_fraction, config.seed)
-    return Split(
-        read_split(config.data.split_file, catalog, "train"),
-        read_split(config.data.split_file, catalog, "test"),
+def _calibrate(
+    config: RunConfig, network: torch.nn.Module, catalog: Catalog, split: Split
+) -> Calibration | None:
+    """Temperature and Uncertain threshold fitted on the validation split, if there is one."""
+    if split.val is None or catalog.task != "multiclass":
+        return None
+    from rsscgeo.training.evaluate import predict
+
+    logits, labels = predict(
+        network,
+        _tiles(config, split.val, train=False),
+        batch_size=config.optim.batch_size,
+        num_workers=config.trainer.num_workers,
+        description="calibrating",
     )
+    fitted_on = (
+        f"{len(split.val.items)} validation images: a stratified {config.data.val_fraction:g} "
+        f"of the training split (seed {config.seed}), never trained on"
+    )
+    return calibrate(logits, labels, config.calibration, fitted_on)
+
+
+def _tiles(config: RunConfig, catalog: Catalog, *, train: bool) -> TileDataset:
+    """``catalog`` through the config's train or eval transform and scaling."""
+    transform_config = config.train_transform if train else config.eval_transform
+    transform = build_transform(transform_config, config.model.mean, config.model.std, train=train)
+    return TileDataset(catalog, transform, config.data.input_scale, len(config.data.bands))
+
+
+def _split(config: RunConfig, catalog: Catalog) -> Split:
+    data = config.data
+    if data.split_file is None:
+        split = stratified_split(catalog, data.train_fraction, config.seed)
+    else:
+        split = Split(
+            read_split(data.split_file, catalog, "train"),
+            read_split(data.split_file, catalog, "test"),
+            val=(
+                read_split(data.split_file, catalog, "val")
+                if "val" in split_names(data.split_file)
+                else None
+            ),
+        )
+    if split.val is None and data.val_fraction > 0:
+        split = hold_out_validation(split, data.val_fraction, config.seed)
+    return split
 
 
 def build_task(config: RunConfig, catalog: Catalog, **extra: Any) -> SceneClassificationTask:
@@ -167,6 +305,9 @@ def build_task(config: RunConfig, catalog: Catalog, **extra: Any) -> SceneClassi
         warmup_epochs=optim.warmup_epochs,
         milestones=tuple(optim.milestones),
         gamma=optim.gamma,
+        label_smoothing=optim.label_smoothing,
+        mixup=optim.mixup,
+        cutmix=optim.cutmix,
         **extra,
     )
 
@@ -225,9 +366,9 @@ def _is_rank_zero(trainer: L.Trainer) -> bool:
 def _fit(
     config: RunConfig,
     trainer: L.Trainer,
-    task: SceneClassificationTask,
+    task: L.LightningModule,
     train: Any,
-    val: Any,
+    val: Any | None,
     *,
     resume: bool,
 ) -> None:
@@ -251,8 +392,10 @@ def _fit(
         drop_last=share > batch,
         persistent_workers=workers > 0,
     )
-    val_loader = DataLoader(
-        val, batch_size=batch, num_workers=workers, persistent_workers=workers > 0
+    val_loader = (
+        None
+        if val is None
+        else DataLoader(val, batch_size=batch, num_workers=workers, persistent_workers=workers > 0)
     )
     trainer.fit(task, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
 
@@ -260,14 +403,7 @@ def _fit(
 def _fit_network(
     config: RunConfig, trainer: L.Trainer, catalog: Catalog, split: Split, *, resume: bool
 ) -> Fitted | None:
-    mean, std, bands = config.model.mean, config.model.std, len(config.data.bands)
-    scale = config.data.input_scale
-    train = TileDataset(
-        split.train, build_transform(config.train_transform, mean, std, train=True), scale, bands
-    )
-    test = TileDataset(
-        split.test, build_transform(config.eval_transform, mean, std, train=False), scale, bands
-    )
+    train, test = _tiles(config, split.train, train=True), _tiles(config, split.test, train=False)
     task = build_task(config, catalog)
     _fit(config, trainer, task, train, test, resume=resume)
     if not trainer.is_global_zero:
@@ -290,16 +426,10 @@ def _fit_linear(
     backbone = build_network(
         config.model.architecture, len(catalog.classes), len(config.data.bands), config.model.init
     )
-    mean, std, bands = config.model.mean, config.model.std, len(config.data.bands)
-    scale = config.data.input_scale
-    transform = build_transform(config.eval_transform, mean, std, train=False)
     features = cached_features(
         config.out_dir / "features.safetensors",
         backbone,
-        {
-            name: TileDataset(getattr(split, name), transform, scale, bands)
-            for name in ("train", "test")
-        },
+        {name: _tiles(config, getattr(split, name), train=False) for name in ("train", "test")},
         batch_size=config.optim.batch_size,
         num_workers=config.trainer.num_workers,
         reuse=resume,

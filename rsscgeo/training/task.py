@@ -8,17 +8,17 @@ metrics (overall accuracy; micro-/macro-F1 and mAP for multilabel).
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, Literal
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR
+from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import Accuracy, F1Score, MultilabelAveragePrecision
+from torchvision.transforms import v2
 
 from rsscgeo._torchgeo import ClassificationTask
 from rsscgeo.backbones import InitSpec, build_network
-from rsscgeo.training.schedule import lr_factor
+from rsscgeo.training.schedule import adam_with_schedule
 
 
 class SceneClassificationTask(ClassificationTask):
@@ -42,6 +42,9 @@ class SceneClassificationTask(ClassificationTask):
         gamma: float = 0.2,
         freeze_backbone: bool = False,
         head_in_features: int | None = None,
+        label_smoothing: float = 0.0,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
     ) -> None:
         """Initialise the task; arguments are saved as Lightning hyperparameters."""
         super().__init__(
@@ -71,6 +74,37 @@ class SceneClassificationTask(ClassificationTask):
             for param in self.model.get_classifier().parameters():
                 param.requires_grad = True
 
+    def configure_losses(self) -> None:
+        """TorchGeo's losses; cross-entropy with the configured label smoothing."""
+        super().configure_losses()
+        if self.hparams["loss"] == "ce":
+            self.criterion = torch.nn.CrossEntropyLoss(
+                label_smoothing=self.hparams["label_smoothing"]
+            )
+        # Mixup/CutMix draw one of the enabled mixes per batch (soft targets).
+        hp, mixes = self.hparams, []
+        if hp["task"] == "multiclass" and hp["mixup"] > 0:
+            mixes.append(v2.MixUp(alpha=hp["mixup"], num_classes=hp["num_classes"]))
+        if hp["task"] == "multiclass" and hp["cutmix"] > 0:
+            mixes.append(v2.CutMix(alpha=hp["cutmix"], num_classes=hp["num_classes"]))
+        self.mix = v2.RandomChoice(mixes) if mixes else None
+
+    def training_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """TorchGeo's step, or the loss on mixed images and soft targets with mixup/cutmix.
+
+        Training metrics of mixed batches compare with the dominant original label.
+        """
+        if self.mix is None:
+            return super().training_step(batch, batch_idx, dataloader_idx)
+        x, y = batch["image"], batch["label"]
+        mixed, soft = self.mix(x, y)
+        y_hat = self(mixed)
+        self.train_metrics(y_hat, soft.argmax(1))
+        self.log_dict(self.train_metrics, batch_size=len(x))
+        loss: Tensor = self.criterion(y_hat, soft)
+        self.log("train_loss", loss, batch_size=len(x))
+        return loss
+
     def configure_metrics(self) -> None:
         """Overall accuracy for multiclass; micro/macro F1 at 0.5 and mAP for multilabel."""
         hp = self.hparams
@@ -97,20 +131,4 @@ class SceneClassificationTask(ClassificationTask):
 
     def configure_optimizers(self) -> Any:
         """Adam (no weight decay) with per-step warm-up and step decay."""
-        hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=hp["lr"], weight_decay=0.0)
-        epochs = max(self.trainer.max_epochs or 1, 1)
-        steps_per_epoch = max(int(self.trainer.estimated_stepping_batches) // epochs, 1)
-        schedule = partial(
-            lr_factor,
-            steps_per_epoch=steps_per_epoch,
-            warmup_epochs=hp["warmup_epochs"],
-            milestones=list(hp["milestones"]),
-            gamma=hp["gamma"],
-        )
-        scheduler = LambdaLR(optimizer, schedule)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return adam_with_schedule(self)

@@ -55,7 +55,9 @@ def test_outputs_are_georeferenced_and_consistent(tmp_path: Path, run_cli, card,
         res = out.transform.a / card.patch_size
         assert out.transform.c == pytest.approx(src.transform.c)
         assert out.transform.f == pytest.approx(src.transform.f)
-        if "cog" not in name:  # native resolution: exactly the scene transform scaled
+        if name == "naip_rgbn":  # 5 m, 2.5x coarser than the model: read at its 2 m
+            assert res == pytest.approx(card.gsd)
+        elif "cog" not in name:  # native resolution: exactly the scene transform scaled
             assert out.transform.almost_equals(src.transform @ Affine.scale(card.patch_size))
         assert res > 0
         assert out.nodata == 255
@@ -415,13 +417,14 @@ def test_tta_reaches_the_outputs_and_the_resume_fingerprint(
     with rasterio.open(CASES["naip_rgbn"]) as src:  # six patches
         scene = _write_part(src, tmp_path / "part.tif", Window(150, 150, 450, 300))
     gpkg = tmp_path / "tta.gpkg"
-    result = run_cli("classify", scene, "--out", gpkg, "--bands", "1,2,3", "--tta")
+    # At native 5 m: six patches (read at the model's 2 m it would be 40).
+    result = run_cli("classify", scene, "--out", gpkg, "--bands", "1,2,3", "--gsd", "5", "--tta")
     assert result.exit_code == 0, result.output
     assert "test-time augmentation" in result.output
     frame = gpd.read_file(gpkg, layer="tta")
     loaded = load_model(BUNDLED_MODEL)
-    with_tta = rsscgeo.patch_dataset([scene], loaded, bands=[1, 2, 3], tta=True)
-    plain = rsscgeo.patch_dataset([scene], loaded, bands=[1, 2, 3])
+    with_tta = rsscgeo.patch_dataset([scene], loaded, bands=[1, 2, 3], gsd=5.0, tta=True)
+    plain = rsscgeo.patch_dataset([scene], loaded, bands=[1, 2, 3], gsd=5.0)
     at = (frame["row"].to_numpy(), frame["col"].to_numpy())
     expected = with_tta.probability.values[at]
     assert len(frame) == 6

@@ -237,7 +237,7 @@ def test_whole_images_are_resized_to_the_patch_size(colour_setup) -> None:
         ("crimsn: [Red]\n", ["'crimsn' is not a class folder of", "did you mean 'crimson'"]),
         ("crimson: []\n", ["crimson: accepts no model class"]),
         ("- crimson\n- lime\n", ["must map dataset folders to model classes"]),
-        ("crimson: [Red\n", ["is not a YAML class map"]),
+        ("crimson: [Red\n", ["is not a YAML class map file"]),
         ("crimson: [Red, Red]\n", ["listed twice"]),
     ],
 )

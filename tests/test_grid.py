@@ -74,3 +74,22 @@ def test_patch_polygons_map_back_to_pixels(grid: PatchGrid, data: st.DataObject)
 def test_rotated_transforms_are_refused() -> None:
     with pytest.raises(SceneError, match="rotated"):
         PatchGrid(CRS.from_epsg(3857), Affine(1, 0.5, 0, 0.5, -1, 0), 10, 10, 4, 4)
+
+
+@pytest.mark.parametrize(
+    ("native", "expected", "words"),
+    [
+        (0.5, 2.0, "decimated"),  # finer: decimated to the model's GSD
+        (2.5, 2.5, "native"),  # within 1.5x: as it is
+        (5.0, 2.0, "upsampled"),  # 2.5x coarser: upsampled to the model's GSD
+        (30.0, 30.0, "warning"),  # over 4x coarser: native, with a warning
+    ],
+)
+def test_scale_rule_reads_at_the_model_gsd_within_limits(native, expected, words) -> None:
+    from types import SimpleNamespace
+
+    from rsscgeo.scene.plan import _reading_resolution
+
+    info = SimpleNamespace(resolution=(native, native), crs=CRS.from_epsg(32614))
+    resolution, note = _reading_resolution(info, 2.0, None)
+    assert resolution == (expected, expected) and words in note

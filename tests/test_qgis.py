@@ -80,7 +80,10 @@ def test_outputs_open_styled_in_qgis(tmp_path: Path, run_cli, pyqgis: None, scen
     assert report["png_saved"]
     # The rendered map shows each class present in the layer in its card colour.
     present = set(gpd.read_file(gpkg, layer="labels")["class_name"])
-    colours = {c.name: tuple(int(c.color[i : i + 2], 16) for i in (1, 3, 5)) for c in card.classes}
+    from rsscgeo.scene.legend import Legend
+
+    legend = Legend.for_card(card)
+    colours = {e.name: e.rgb for e in legend.entries}
     rendered = {rgb for _, rgb in Image.open(png).convert("RGB").getcolors(maxcolors=1 << 20)}
     assert {colours[name] for name in present} <= rendered
 

@@ -133,8 +133,9 @@ def test_probabilities_are_calibrated_by_the_card_temperature(
     p_cols = [f"p_{n}" for n in card.class_names]
     plain = gpd.read_file(gpkg, layer="plain")[p_cols].to_numpy(np.float64)
     scaled = gpd.read_file(calibrated_gpkg, layer="labels")[p_cols].to_numpy(np.float64)
-    # softmax(logits / T) = softmax(log(softmax(logits)) / T)
-    expected = np.exp(np.log(plain) / TEMPERATURE)
+    # softmax(logits / T) = softmax(log(softmax(logits / T0)) * T0 / T), T0 the bundled one's
+    bundled = load_model(BUNDLED_MODEL).card.temperature
+    expected = np.exp(np.log(plain) * bundled / TEMPERATURE)
     expected /= expected.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(scaled, expected, atol=1e-4)
     assert np.abs(scaled - plain).max() > 0.05

@@ -100,6 +100,11 @@ def _bands(value: str | None) -> list[int] | None:
     "disables it [default: the model card's calibration, else 0].",
 )
 @tta_option
+@click.option(
+    "--preview",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also draw the (first) scene beside its class map into this PNG; needs a .tif --out.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option(
     "--resume",
@@ -126,6 +131,7 @@ def classify(
     probabilities: bool,
     uncertain_below: float | None,
     tta: bool,
+    preview: Path | None,
     overwrite: bool,
     resume: bool,
 ) -> None:
@@ -138,6 +144,8 @@ def classify(
     from rsscgeo.scene.engine import open_engine
 
     jobs = _jobs(list(scenes), outputs, out_dir, formats)
+    if preview is not None:
+        _check_preview(preview, jobs)
     loaded = load_model(model or BUNDLED_MODEL)
     with open_engine(scheduler, workers=workers, processes=processes, device=device) as engine:
         for job_scenes, gpkg, geotiff in jobs:
@@ -165,6 +173,26 @@ def classify(
                 say=lambda line: click.echo(line, err=True),
             )
             _report(summary, min_valid)
+            if preview is not None and geotiff is not None:
+                from rsscgeo.scene.preview import draw_map
+
+                draw_map(job_scenes[0], geotiff, loaded.card, preview, title=job_scenes[0].name)
+                click.echo(f"wrote {preview}")
+
+
+def _check_preview(preview: Path, jobs: list[tuple[list[Path], Path | None, Path | None]]) -> None:
+    """Refuse a preview that cannot be drawn, before any work."""
+    from rsscgeo.errors import SceneError
+    from rsscgeo.outputs import check_output_folder
+
+    if len(jobs) != 1 or jobs[0][2] is None:
+        raise SceneError(
+            "--preview draws the class map of one GeoTIFF output: add --out NAME.tif "
+            "(with --out, not --out-dir)."
+        )
+    if preview.suffix.lower() != ".png":
+        raise SceneError(f"--preview writes a PNG; name it *.png, not {preview.name}.")
+    check_output_folder(preview.parent, "--preview", create=False)
 
 
 def _jobs(

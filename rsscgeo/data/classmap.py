@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
 
 from rsscgeo.data.catalog import Catalog, Item
 from rsscgeo.errors import ConfigError, DatasetError
+from rsscgeo.yamlfile import read_yaml
 
 _FORMAT = "write one '<dataset folder>: [<model class>, ...]' line per folder"
 
@@ -71,16 +71,7 @@ def load_class_map(path: str | Path) -> ClassMap:
         ConfigError: If the file is missing, not YAML or not a folder → classes mapping.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ConfigError(
-            f"cannot read class map {path} ({err.strerror}); check the path."
-        ) from None
-    except (UnicodeDecodeError, yaml.YAMLError):
-        raise ConfigError(
-            f"{path} is not a YAML class map; {_FORMAT} (see configs/class_maps/)."
-        ) from None
+    raw = read_yaml(path, "class map", f"{_FORMAT} (see configs/class_maps/)")
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{path} must map dataset folders to model classes; {_FORMAT}.")
     return parse_class_map(raw, source=str(path))

@@ -32,7 +32,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -46,6 +45,7 @@ from rsscgeo.backbones import InitKind
 from rsscgeo.errors import ConfigError
 from rsscgeo.training.config import Protocol
 from rsscgeo.training.evaluate import DEFAULT_TTA
+from rsscgeo.yamlfile import read_yaml
 
 
 class _Strict(BaseModel):
@@ -178,16 +178,7 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
         ConfigError: If the file is missing or invalid, naming the bad key.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ConfigError(
-            f"cannot read experiment {path} ({err.strerror}); check the path."
-        ) from None
-    except (UnicodeDecodeError, yaml.YAMLError):
-        raise ConfigError(
-            f"{path} is not a YAML experiment file; see configs/experiments/."
-        ) from None
+    raw = read_yaml(path, "experiment", "see configs/experiments/")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping (name, out_dir, datasets, inits, runs).")
     try:

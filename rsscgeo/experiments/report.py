@@ -76,25 +76,12 @@ def write_results(experiment: ExperimentConfig, results: list[CellResult]) -> li
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
         for result in results:
-            cell = result.cell
-            for metric in METRICS[result.metrics["task"]]:
-                if metric in result.metrics:
-                    writer.writerow(
-                        [
-                            experiment.name,
-                            cell.run,
-                            cell.dataset,
-                            cell.protocol,
-                            cell.init,
-                            cell.train_fraction,
-                            cell.seed,
-                            result.metrics["task"],
-                            metric,
-                            result.metrics[metric],
-                            cell.model_path,
-                        ]
-                    )
-            for metric, value in _eval_set_figures(result.eval_sets):
+            task = result.metrics["task"]
+            figures = [(m, result.metrics[m]) for m in METRICS[task] if m in result.metrics]
+            # Eval sets score single-label predictions through a class map.
+            extra = [("multiclass", m, v) for m, v in _eval_set_figures(result.eval_sets)]
+            for row_task, metric, value in [(task, m, v) for m, v in figures] + extra:
+                cell = result.cell
                 writer.writerow(
                     [
                         experiment.name,
@@ -104,7 +91,7 @@ def write_results(experiment: ExperimentConfig, results: list[CellResult]) -> li
                         cell.init,
                         cell.train_fraction,
                         cell.seed,
-                        "multiclass",
+                        row_task,
                         metric,
                         value,
                         cell.model_path,

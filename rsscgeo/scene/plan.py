@@ -19,8 +19,14 @@ from rsscgeo.scene.grid import Chunk, PatchGrid
 from rsscgeo.scene.inference import Scaling
 from rsscgeo.scene.reader import SceneInfo, SceneReader, inspect_scenes
 
-# Scenes finer than the model's GSD by more than this factor are read decimated.
+# Scenes finer or coarser than the model's GSD by more than this factor are resampled to
+# it, so that a patch covers the ground the model was trained on (issue 9 measured it:
+# the bundled 5 m NAIP scene read at the model's 2 m maps ponds and meadows; read
+# natively, 750 m patches were mostly Uncertain).
 GSD_TOLERANCE = 1.5
+# ...but a scene more than this many times coarser is read natively: upsampled further,
+# a patch would hold too few real pixels to classify.
+MAX_UPSAMPLING = 4.0
 
 
 @dataclass(frozen=True)
@@ -120,10 +126,16 @@ def _reading_resolution(
             f"scene is {native:g} m/px, finer than the model's {card_gsd:g} m/px: "
             f"reading decimated to {card_gsd:g} m/px so patches cover the trained ground area"
         )
-    if native > card_gsd * GSD_TOLERANCE:
+    if native > card_gsd * MAX_UPSAMPLING:
         return resolution, (
-            f"warning: scene is {native:g} m/px, coarser than the {card_gsd:g} m/px the model "
-            "was trained on; classifying at native resolution, expect lower accuracy"
+            f"warning: scene is {native:g} m/px, over {MAX_UPSAMPLING:g}x coarser than the "
+            f"{card_gsd:g} m/px the model was trained on; classifying at native resolution, "
+            "expect lower accuracy (--gsd sets the reading resolution)"
+        )
+    if native > card_gsd * GSD_TOLERANCE:
+        return (card_gsd, card_gsd), (
+            f"scene is {native:g} m/px, coarser than the model's {card_gsd:g} m/px: reading "
+            f"upsampled to {card_gsd:g} m/px so patches cover the trained ground area"
         )
     return resolution, f"reading at the scene's native resolution ({native:g} m/px)"
 

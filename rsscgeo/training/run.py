@@ -164,16 +164,10 @@ def _run_ssl_stage(config: RunConfig, ssl: SSLConfig, *, resume: bool) -> RunRes
         (out / "config.yaml").write_text(dump_config(config))
     optim = config.optim
     task = ContrastiveTask(
-        architecture=config.model.architecture,
         in_channels=bands,
-        init_kind=config.model.init.kind,
-        init_path=str(config.model.init.path) if config.model.init.path else None,
-        lr=optim.lr,
-        warmup_epochs=optim.warmup_epochs,
-        milestones=tuple(optim.milestones),
-        gamma=optim.gamma,
         temperature=ssl.temperature,
         projection_dim=ssl.projection_dim,
+        **_network_and_schedule(config),
     )
     _fit(config, trainer, task, dataset, None, resume=resume)
     if not trainer.is_global_zero:
@@ -295,21 +289,29 @@ def build_task(config: RunConfig, catalog: Catalog, **extra: Any) -> SceneClassi
     """The Lightning task for ``config`` on ``catalog`` (``extra``: task arguments)."""
     optim = config.optim
     return SceneClassificationTask(
-        architecture=config.model.architecture,
         task=catalog.task,
         num_outputs=len(catalog.classes),
         in_channels=len(config.data.bands),
-        init_kind=config.model.init.kind,
-        init_path=str(config.model.init.path) if config.model.init.path else None,
-        lr=optim.lr,
-        warmup_epochs=optim.warmup_epochs,
-        milestones=tuple(optim.milestones),
-        gamma=optim.gamma,
         label_smoothing=optim.label_smoothing,
         mixup=optim.mixup,
         cutmix=optim.cutmix,
+        **_network_and_schedule(config),
         **extra,
     )
+
+
+def _network_and_schedule(config: RunConfig) -> dict[str, Any]:
+    """The task arguments every stage shares: network, initial weights, optimiser schedule."""
+    optim, init = config.optim, config.model.init
+    return {
+        "architecture": config.model.architecture,
+        "init_kind": init.kind,
+        "init_path": str(init.path) if init.path else None,
+        "lr": optim.lr,
+        "warmup_epochs": optim.warmup_epochs,
+        "milestones": tuple(optim.milestones),
+        "gamma": optim.gamma,
+    }
 
 
 def build_trainer(config: RunConfig) -> L.Trainer:

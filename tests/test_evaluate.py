@@ -175,7 +175,7 @@ def test_class_map_evaluation_gives_the_exact_figures(colour_setup, tmp_path: Pa
     assert points[-1]["accuracy"] == pytest.approx(7 / 8)
     assert points[-1]["threshold"] == pytest.approx(confidences[(180, 60, 60)], abs=1e-5)
     assert curve.stat().st_size > 1000
-    assert metrics["tta"] is False
+    assert metrics["tta"] is True  # evaluate's default
 
 
 def test_uncertain_below_override_and_uncalibrated_cards(
@@ -214,7 +214,7 @@ def test_without_class_map_coverage_is_reported_for_calibrated_cards(
         "accuracy": pytest.approx(1 / 2),
     }  # fmt: skip
     assert "coverage 66.7% at p >= 0.75" in result.output
-    assert metrics["tta"] is False and len(metrics["risk_coverage"]) == 3
+    assert metrics["tta"] is True and len(metrics["risk_coverage"]) == 3
 
 
 def test_whole_images_are_resized_to_the_patch_size(colour_setup) -> None:

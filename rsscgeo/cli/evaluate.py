@@ -41,7 +41,8 @@ def _default_tta() -> bool:
     "--tta/--no-tta",
     default=_default_tta,  # read when needed, so --help imports no torch
     help="Test-time augmentation: average the probabilities of the 8 rotations/flips "
-    "of each image (8x slower). The summary says which was used.",
+    "of each image (8x slower; on by default, --no-tta for a single pass). The summary "
+    "says which was used.",
 )
 @click.option(
     "--uncertain-below",

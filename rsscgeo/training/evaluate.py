@@ -24,8 +24,10 @@ from rsscgeo.predict import probabilities
 from rsscgeo.training.selective import coverage_at, risk_coverage
 
 # Whether evaluation averages the 8 dihedral transforms (test-time augmentation) unless
-# told otherwise: the one default `rsscgeo evaluate` and experiment eval sets share.
-DEFAULT_TTA = False
+# told otherwise: the one default `rsscgeo evaluate` and experiment eval sets share. On
+# because it pays (issue 9, bundled model): UC Merced 0.561 -> 0.590, a third of the AID
+# test split 0.899 -> 0.920, for 8x the model's work. `classify` keeps it off by default.
+DEFAULT_TTA = True
 
 
 def card_dataset(card: ModelCard, catalog: Catalog) -> TileDataset:

@@ -28,9 +28,10 @@ from rsscgeo.modelfile import BUNDLED_MODEL, LoadedModel
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT / "examples" / "scenes" / "naip_2020_rgbn.tif"  # 934 x 723 px, 5 m
 BIN = Path(sys.executable).parent
-# Stride 50 and 100 px chunks: 13 x 17 patches in 7 x 9 = 63 chunks, so there is time
+# At the scene's native 5 m (read at the model's 2 m it would have 6x the patches),
+# stride 50 and 100 px chunks: 13 x 17 patches in 7 x 9 = 63 chunks, so there is time
 # to interrupt a run between chunks.
-SMALL_CHUNKS = ("--stride", "50", "--chunk-size", "100")
+SMALL_CHUNKS = ("--gsd", "5", "--stride", "50", "--chunk-size", "100")
 
 
 class Cluster:
@@ -154,7 +155,7 @@ def test_a_killed_worker_costs_only_its_chunks(tmp_path: Path, cluster: Cluster)
 
     card = load_model(BUNDLED_MODEL).card
     loaded = LoadedModel(SlowMeanColour(seconds=0.1).eval(), card)
-    options = {"stride": 50, "chunk_pixels": 100, "progress": False}
+    options = {"gsd": 5.0, "stride": 50, "chunk_pixels": 100, "progress": False}
     reference = outputs(tmp_path, "reference")
     classify_scene(
         [SCENE], loaded, gpkg=reference[0], geotiff=reference[1], workers=1, **options

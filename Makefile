@@ -1,6 +1,6 @@
 # The README's two commands: `make demo` (set up + main job) and `make test` (set up + tests).
 # Both are idempotent: scripts/setup.sh reuses .venv while pyproject.toml is unchanged.
-.PHONY: setup demo evaluate test lint
+.PHONY: setup demo evaluate test test-fast lint
 
 BIN := .venv/bin
 MODEL := examples/models/aid_efficientnet_lite0/model.safetensors
@@ -24,6 +24,11 @@ evaluate: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The tests not marked slow (about 2 minutes): everything but training, clusters, QGIS,
+# kill/resume, notebooks and the longer real-scene runs.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check rsscgeo tests benchmarks

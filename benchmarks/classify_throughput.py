@@ -425,9 +425,9 @@ def _instrument(loaded: LoadedModel) -> tuple[LoadedModel, _Stages]:
     import rasterio.merge
 
     import rsscgeo._torchgeo as tg
-    import rsscgeo.scene.classify as classify
     import rsscgeo.scene.inference as inference
     import rsscgeo.scene.reader as reader
+    import rsscgeo.scene.tasks as tasks
     import rsscgeo.scene.writers as writers
 
     stages = _Stages()
@@ -442,7 +442,7 @@ def _instrument(loaded: LoadedModel) -> tuple[LoadedModel, _Stages]:
     inference.Preprocess.__call__ = stages.wrap(  # type: ignore[method-assign]
         " Preprocess (scale+normalise+resize)", inference.Preprocess.__call__
     )
-    classify.classify_chunk = stages.wrap("classify_chunk", classify.classify_chunk)
+    tasks.classify_chunk = stages.wrap("classify_chunk", tasks.classify_chunk)
     writers.GeoTiffWriter.write = stages.wrap(  # type: ignore[method-assign]
         "GeoTiffWriter.write", writers.GeoTiffWriter.write
     )
@@ -503,16 +503,15 @@ def e2e_child(argv: Sequence[str]) -> None:
     if profiler is not None:
         summary = _run_chunks_in_this_thread(args.scene, loaded, args.batch_size, profiler)
     else:
-        summary = classify.classify_scene(
-            [args.scene],
-            loaded,
-            geotiff=args.out,
-            batch_size=args.batch_size,
-            workers=workers,
-            overwrite=True,
-            progress=False,
-            device=args.device,
-        )
+        from rsscgeo.scene.engine import open_engine
+        from rsscgeo.scene.options import ClassifyOptions, ClassifyOutputs
+
+        options = ClassifyOptions(batch_size=args.batch_size)
+        outputs = ClassifyOutputs(geotiff=args.out, overwrite=True)
+        with open_engine(workers=workers, device=args.device) as engine:
+            summary = classify.classify_scene(
+                [args.scene], loaded, options, outputs, engine, progress=False
+            )
     seconds = time.perf_counter() - started
     peak_mb = _peak_rss_mb()
     if stages is not None:
@@ -560,15 +559,15 @@ def _run_chunks_in_this_thread(
 ) -> Any:
     """Every chunk task of ``scene`` in this thread under ``profiler``; a run summary."""
     import rsscgeo.scene.classify as classify
+    from rsscgeo.scene.options import ClassifyOptions
     from rsscgeo.scene.plan import plan_scene
 
-    plan = plan_scene([scene], loaded)
-    work = classify.ChunkWork.for_plan(plan, loaded, min_valid=0.5, batch_size=batch_size)
+    plan = plan_scene([scene], loaded, ClassifyOptions(batch_size=batch_size))
     summary = classify.ClassifySummary(plan.grid, [])
     started = time.perf_counter()
     profiler.enable()
-    for chunk in plan.grid.chunks(classify.chunk_side(plan.grid)):
-        result = work(chunk, loaded)
+    for chunk in plan.chunks:
+        result = plan.work(chunk, loaded)
         summary.classified += int(result.classified.sum())
         summary.skipped += int((~result.classified).sum())
     profiler.disable()
@@ -591,7 +590,7 @@ def torchgeo_loop(
     from torchgeo.datasets import RasterDataset, stack_samples
     from torchgeo.samplers import GridGeoSampler, Units
 
-    from rsscgeo.data.transforms import card_transform
+    from rsscgeo.predict import card_transform
 
     class Scene(RasterDataset):  # type: ignore[misc]
         filename_glob = scene.name

@@ -40,8 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from rsscgeo.data.catalog import Catalog, open_catalog
-from rsscgeo.data.dataset import TileDataset
+from rsscgeo.data.catalog import Catalog
+from rsscgeo.data.layouts import open_catalog
+from rsscgeo.data.torch_dataset import TileDataset
 from rsscgeo.data.transforms import build_transform
 from rsscgeo.training.config import RunConfig, load_config
 from rsscgeo.training.run import build_task, build_trainer

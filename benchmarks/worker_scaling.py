@@ -34,6 +34,7 @@ from classify_throughput import grid_patches, write_scene
 from rsscgeo.modelfile import BUNDLED_MODEL, load_model
 from rsscgeo.scene.classify import classify_scene
 from rsscgeo.scene.engine import open_engine
+from rsscgeo.scene.options import ClassifyOptions, ClassifyOutputs
 
 
 def run_once(
@@ -47,7 +48,8 @@ def run_once(
     ) as engine:
         engine.install(loaded)  # spawn + model to every worker: part of the start-up
         ready = time.perf_counter()
-        classify_scene([scene], loaded, geotiff=out, engine=engine, overwrite=True, progress=False)
+        outputs = ClassifyOutputs(geotiff=out, overwrite=True)
+        classify_scene([scene], loaded, ClassifyOptions(), outputs, engine, progress=False)
         done = time.perf_counter()
     return ready - started, done - ready
 

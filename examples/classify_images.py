@@ -14,8 +14,8 @@ import torch
 
 import rsscgeo
 from rsscgeo.data.images import read_image
-from rsscgeo.data.transforms import card_transform
 from rsscgeo.modelfile import BUNDLED_MODEL
+from rsscgeo.predict import card_transform
 
 AID = Path(__file__).resolve().parents[2] / "shared" / "data" / "aid150"
 

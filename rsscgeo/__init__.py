@@ -14,7 +14,10 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from rsscgeo.errors import RsscgeoError
     from rsscgeo.modelfile import LoadedModel, ModelCard, load_model, save_model
-    from rsscgeo.scene.classify import classify_scene
+    from rsscgeo.scene.classify import ClassifySummary, classify_scene, run_plan
+    from rsscgeo.scene.engine import Engine, open_engine
+    from rsscgeo.scene.options import ClassifyOptions, ClassifyOutputs
+    from rsscgeo.scene.plan import ScenePlan, plan_scene
     from rsscgeo.scene.results import patch_dataset
 
 # Public names and their modules; imported on first use so `rsscgeo --help` stays fast.
@@ -24,17 +27,33 @@ _EXPORTS = {
     "ModelCard": "rsscgeo.modelfile",
     "load_model": "rsscgeo.modelfile",
     "save_model": "rsscgeo.modelfile",
+    "ClassifyOptions": "rsscgeo.scene.options",
+    "ClassifyOutputs": "rsscgeo.scene.options",
+    "plan_scene": "rsscgeo.scene.plan",
+    "ScenePlan": "rsscgeo.scene.plan",
+    "open_engine": "rsscgeo.scene.engine",
+    "Engine": "rsscgeo.scene.engine",
     "classify_scene": "rsscgeo.scene.classify",
+    "run_plan": "rsscgeo.scene.classify",
+    "ClassifySummary": "rsscgeo.scene.classify",
     "patch_dataset": "rsscgeo.scene.results",
 }
 __all__ = [
+    "ClassifyOptions",
+    "ClassifyOutputs",
+    "ClassifySummary",
+    "Engine",
     "LoadedModel",
     "ModelCard",
     "RsscgeoError",
+    "ScenePlan",
     "__version__",
     "classify_scene",
     "load_model",
+    "open_engine",
     "patch_dataset",
+    "plan_scene",
+    "run_plan",
     "save_model",
 ]
 

@@ -7,16 +7,20 @@ module.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import rasterio.merge
+import rasterio
 import torch
+from affine import Affine
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NodataShadowWarning
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
 from torchgeo.datasets import RasterDataset
 from torchgeo.trainers import ClassificationTask
 
@@ -51,6 +55,11 @@ class MosaicDataset(RasterDataset):
         super().__init__(paths=list(paths), res=res, cache=True)
         self.bands_read: list[int] = list(band_indexes)
         self.reuse_buffer = reuse_buffer
+        # Mosaic files are warped onto the reading grid itself (see _load_warp_file).
+        xs, ys, _ = self.bounds
+        self._grid: tuple[float, float, float, float] | None = (
+            (xs.start, ys.stop, *res) if len(self.files) > 1 else None
+        )
         self._uint8 = all(
             self._cached_load_warp_file(path).dtypes[0] == "uint8" for path in self.files
         )
@@ -64,6 +73,34 @@ class MosaicDataset(RasterDataset):
         # Decimated reads average neighbours whatever the data type (TorchGeo picks
         # nearest for integer data, which aliases).
         return Resampling.bilinear
+
+    def _load_warp_file(self, filepath: Any) -> Any:
+        """Open a file; a mosaic's files as warped views on the reading grid itself.
+
+        Each mosaic file (reprojected or not) becomes a WarpedVRT whose pixels are the
+        reading grid's pixels, so a chunk is an integer window of every file and a
+        patch's pixels do not depend on the chunk it falls in. (A view on the file's own
+        grid would be resampled per read, from windows whose fractional offsets differ
+        from chunk to chunk.)
+        """
+        if self._grid is None:
+            return super()._load_warp_file(filepath)
+        left0, top0, xres, yres = self._grid
+        src = rasterio.open(filepath)
+        bounds = transform_bounds(src.crs, self.crs, *src.bounds)
+        left = left0 + math.floor((bounds[0] - left0) / xres) * xres
+        top = top0 - math.floor((top0 - bounds[3]) / yres) * yres
+        width = max(1, math.ceil((bounds[2] - left) / xres))
+        height = max(1, math.ceil((top - bounds[1]) / yres))
+        transform = Affine(xres, 0, left, 0, -yres, top)
+        return WarpedVRT(
+            src,
+            crs=self.crs,
+            transform=transform,
+            width=width,
+            height=height,
+            resampling=self.resampling,
+        )
 
     def _merge_files(
         self, filepaths: Sequence[str], query: Any, band_indexes: Sequence[int] | None = None
@@ -82,20 +119,33 @@ class MosaicDataset(RasterDataset):
         if len(handles) == 1:
             self._read_into(out, handles[0], bounds, (x.step, y.step))
         else:
-            with warnings.catch_warnings():
-                # A file with nodata and alpha: the nodata value decides, as in GDAL.
-                warnings.simplefilter("ignore", NodataShadowWarning)
-                merged, _ = rasterio.merge.merge(
-                    handles,
-                    bounds,
-                    (x.step, y.step),
-                    indexes=self.bands_read,
-                    resampling=self.resampling,
-                    masked=True,
-                )
-            out[:-1] = np.ma.filled(merged, 0)
-            out[-1] = ~np.ma.getmaskarray(merged).any(axis=0)
+            self._mosaic_into(out, handles, bounds, (x.step, y.step))
         return torch.from_numpy(out)
+
+    def _mosaic_into(
+        self,
+        out: npt.NDArray[Any],
+        handles: Sequence[Any],
+        bounds: tuple[float, float, float, float],
+        res: tuple[float, float],
+    ) -> None:
+        """Several files into ``out``: where files overlap, the first valid pixel wins.
+
+        Each file is read on the chunk's own pixel grid (as a single file is), so a
+        patch's pixels do not depend on which chunk it falls in. ``rasterio.merge``
+        snaps each file's window to the file's edge and then to whole output pixels,
+        shifting a file that is off the grid by up to half a pixel in every chunk that
+        crosses its edge.
+        """
+        out.fill(0)
+        part = np.empty_like(out)
+        with warnings.catch_warnings():
+            # A file with nodata and alpha: the nodata value decides, as in GDAL.
+            warnings.simplefilter("ignore", NodataShadowWarning)
+            for src in handles:
+                self._read_into(part, src, bounds, res)
+                take = (part[-1] != 0) & (out[-1] == 0)
+                out[:, take] = part[:, take]
 
     def _read_into(
         self,

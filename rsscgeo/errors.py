@@ -3,13 +3,39 @@
 Every exception inherits :class:`RsscgeoError` and, where one fits, the matching
 builtin, so callers can catch either. Library code raises these; only the CLI turns
 them into one-line messages. Messages say what is wrong, where, and how to fix it.
+
+A fix that names an option is worded twice (rasterio's ``FileOverwriteError``
+pattern): ``str(err)`` gives it in Python's terms (``overwrite=True``), and
+:meth:`RsscgeoError.cli_message` in the command line's (``--overwrite``).
 """
 
 from __future__ import annotations
 
+import signal
+
 
 class RsscgeoError(Exception):
-    """Root of all rsscgeo errors."""
+    """Root of all rsscgeo errors.
+
+    Args:
+        problem: What is wrong and where (or the whole message).
+        fix: How to fix it, for Python callers.
+        cli_fix: How to fix it on the command line, where that differs.
+    """
+
+    def __init__(self, problem: str, fix: str = "", *, cli_fix: str | None = None) -> None:
+        self.problem = problem
+        self.fix = fix
+        self.cli_fix = fix if cli_fix is None else cli_fix
+        super().__init__(_sentence(problem, fix))
+
+    def cli_message(self) -> str:
+        """The message with the fix in the command line's terms."""
+        return _sentence(self.problem, self.cli_fix)
+
+
+def _sentence(problem: str, fix: str) -> str:
+    return f"{problem.rstrip('.')}; {fix}" if fix else problem
 
 
 def first_line(err: BaseException) -> str:
@@ -38,8 +64,16 @@ class SceneError(RsscgeoError, ValueError):
     """A raster scene cannot be used (not a raster, no CRS, bad bands, ...)."""
 
 
+class OptionError(RsscgeoError, ValueError):
+    """An option has a value no run can use."""
+
+
 class OutputExistsError(RsscgeoError, FileExistsError):
     """An output already exists and overwriting was not requested."""
+
+
+class JournalMismatchError(SceneError):
+    """A run asked to resume found the journal of another model, scene or options."""
 
 
 class OutputError(RsscgeoError, OSError):
@@ -56,3 +90,32 @@ class OutputBusyError(RsscgeoError, BlockingIOError):
 
 class ClusterError(RsscgeoError, ConnectionError):
     """The Dask cluster cannot be reached or its workers cannot run rsscgeo's tasks."""
+
+
+class RunInterrupted(RsscgeoError):
+    """A run stopped by a signal (Ctrl-C, SIGTERM, SIGHUP) after keeping what it finished.
+
+    Attributes:
+        signum: The signal that stopped it; a command exits with ``128 + signum``.
+    """
+
+    def __init__(self, problem: str, fix: str, *, cli_fix: str, signum: int) -> None:
+        super().__init__(problem, fix, cli_fix=cli_fix)
+        self.signum = signum
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when SIGTERM or SIGHUP arrives (see ``cli.signals``).
+
+    A ``KeyboardInterrupt``, so every ``except KeyboardInterrupt`` cleans up for it as
+    for Ctrl-C.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def signal_number(interrupt: KeyboardInterrupt) -> int:
+    """The signal behind ``interrupt``: SIGINT for a plain Ctrl-C."""
+    return interrupt.signum if isinstance(interrupt, Terminated) else signal.SIGINT

@@ -1,21 +1,25 @@
 """The self-describing model file: safetensors weights plus a JSON model card.
 
 The card travels inside the safetensors header metadata under ``rsscgeo.card``, so a
-model is a single file that never needs unpickling to load.
+model is a single file that never needs unpickling to load. A loaded model has a
+content identity (:func:`model_identity`): a hash of its card and weights.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import pickletools
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Annotated, Any, BinaryIO, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -32,6 +36,9 @@ BUNDLED_MODEL = (
 )
 CARD_VERSION = 1
 Task = Literal["multiclass", "multilabel"]
+# Per-band normalisation values: NaN or inf would silently turn every pixel into NaN.
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTOCOL_OPCODE = 0x80
@@ -115,8 +122,8 @@ class ModelCard(BaseModel):
     task: Task
     classes: list[ClassInfo] = Field(min_length=2)
     bands: list[str] = Field(min_length=1)
-    mean: list[float]
-    std: list[float]
+    mean: list[FiniteFloat]
+    std: list[PositiveFloat]
     input_scale: float = 255.0
     patch_size: int = Field(gt=0, description="Side of a training tile in source pixels.")
     eval_resize: int = Field(gt=0, description="Tiles are resized to this side first...")
@@ -152,12 +159,14 @@ class ModelCard(BaseModel):
         """Number of model outputs."""
         return len(self.classes)
 
-    @field_validator("std")
+    @field_validator("classes", mode="before")
     @classmethod
-    def _positive_std(cls, std: list[float]) -> list[float]:
-        if any(s <= 0 for s in std):
-            raise ValueError("every std must be positive")
-        return std
+    def _classes_listed(cls, classes: Any) -> Any:
+        if isinstance(classes, list | tuple) and not classes:
+            raise PydanticCustomError(
+                "classes_empty", "the class list is empty (a model card names at least 2 classes)"
+            )
+        return classes
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelCard:
@@ -180,6 +189,32 @@ class LoadedModel:
 
     model: torch.nn.Module
     card: ModelCard
+
+    @cached_property
+    def identity(self) -> str:
+        """The model's content identity (see :func:`model_identity`).
+
+        Computed on first use and then kept: the weights must not change afterwards.
+        """
+        return model_identity(self.model, self.card)
+
+
+def model_identity(model: torch.nn.Module, card: ModelCard) -> str:
+    """A content hash of a model's card and weights.
+
+    It is what a resume journal and the Dask workers' model cache are keyed by. The
+    SHA-256 (hex) of the card's JSON followed by every state-dict entry in order:
+    its name, dtype, shape and bytes (on the CPU, contiguous). The same weights and card
+    give the same identity whether loaded from a file or built in memory; any changed
+    weight or card field (class names, calibration, ...) gives another. Float16 weights
+    loaded from a ``half=True`` file are widened to float32 and hash as such.
+    """
+    digest = hashlib.sha256(card.model_dump_json().encode())
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"\0{name}\0{flat.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(flat.view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def save_model(
@@ -297,7 +332,7 @@ def load_model(path: str | Path) -> LoadedModel:
         ModelFileError: If the file is missing, a pickle, corrupt, or does not match
             its card's architecture.
     """
-    from rsscgeo.backbones import create_network
+    from rsscgeo.networks import create_network  # deferred: read_card stays light
 
     weights, card = read_weights(path)
     network = create_network(card.architecture, card.num_classes, len(card.bands))

@@ -1,7 +1,8 @@
-"""From a normalised batch to calibrated class probabilities, with optional TTA.
+"""How a model card's model sees an image, and calibrated probabilities of a batch.
 
-One function serves ``classify`` and ``evaluate`` so both apply the card's
-temperature and the same test-time augmentation. Test-time augmentation averages the
+``card_transform`` is the eval transform the card records. One function serves
+``classify`` and ``evaluate`` so both apply the card's temperature and the same
+test-time augmentation. Test-time augmentation averages the
 probabilities of the 8 dihedral transforms of each image (4 rotations by 90°, each
 with and without a horizontal flip): overhead scenes have no canonical up, and the
 models are trained with exactly these rotations and flips.
@@ -9,13 +10,31 @@ models are trained with exactly these rotations and flips.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
 from rsscgeo.modelfile import ModelCard
 
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
+
 # (quarter turns, flip left-right) for the dihedral group D4.
 DIHEDRAL = tuple((turns, flip) for flip in (False, True) for turns in range(4))
+
+
+def card_transform(card: ModelCard) -> v2.Compose:
+    """The eval transform a model card records: how its model saw held-out tiles.
+
+    From a float tensor in 0..1 (pixel values divided by ``card.input_scale``) to the
+    normalised network input.
+    """
+    # Imported here: classify never needs torchvision's transforms (see Preprocess).
+    from rsscgeo.data.transforms import TransformConfig, build_transform
+
+    config = TransformConfig(resize=card.eval_resize, crop=card.eval_crop)
+    return build_transform(config, card.mean, card.std, train=False)
 
 
 def dihedral(batch: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:

@@ -8,30 +8,58 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
-from affine import Affine
 from click.testing import CliRunner, Result
 from PIL import Image
 
 from rsscgeo.cli.main import cli
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("RSSCGEO_SHARED_DATA", REPO.parent / "shared" / "data"))
-AID = SHARED_DATA / "aid150"
-BIGEARTHNET_S2 = SHARED_DATA / "bigearthnet" / "BigEarthNet-S2-Example"
-SCENES = SHARED_DATA / "scenes"
+# Data paths reach tests through the session fixtures below (repo_root, shared_data,
+# aid_dir, scenes_dir, bigearthnet_s2), not through imports of these names.
+_REPO = Path(__file__).resolve().parents[1]
+_SHARED_DATA = Path(os.environ.get("RSSCGEO_SHARED_DATA", _REPO.parent / "shared" / "data"))
+_AID = _SHARED_DATA / "aid150"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if not AID.is_dir():
-        skip = pytest.mark.skip(reason=f"real data not found at {SHARED_DATA}")
+    if not _AID.is_dir():
+        skip = pytest.mark.skip(reason=f"real data not found at {_SHARED_DATA}")
         for item in items:
             if "real_data" in item.keywords:
                 item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository's top folder."""
+    return _REPO
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data folder (``../shared/data``, or ``$RSSCGEO_SHARED_DATA``)."""
+    return _SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def aid_dir(shared_data: Path) -> Path:
+    """The real AID tiles: one folder of 150x150 JPEGs per class."""
+    return shared_data / "aid150"
+
+
+@pytest.fixture(scope="session")
+def scenes_dir(shared_data: Path) -> Path:
+    """The real georeferenced scenes (see ``../shared/data/README.md``)."""
+    return shared_data / "scenes"
+
+
+@pytest.fixture(scope="session")
+def bigearthnet_s2(shared_data: Path) -> Path:
+    """Six real BigEarthNet Sentinel-2 patches with their multi-label annotations."""
+    return shared_data / "bigearthnet" / "BigEarthNet-S2-Example"
+
+
 @pytest.fixture
-def aid_subset(tmp_path: Path) -> Callable[..., Path]:
+def aid_subset(tmp_path: Path, aid_dir: Path) -> Callable[..., Path]:
     """Factory: a class-folder dataset of real AID images (symlinks), few per class."""
 
     def make(classes: tuple[str, ...] = ("Beach", "Forest", "Port"), per_class: int = 6) -> Path:
@@ -39,7 +67,7 @@ def aid_subset(tmp_path: Path) -> Callable[..., Path]:
         for name in classes:
             folder = root / name
             folder.mkdir(parents=True)
-            for image in sorted((AID / name).glob("*.jpg"))[:per_class]:
+            for image in sorted((aid_dir / name).glob("*.jpg"))[:per_class]:
                 (folder / image.name).symlink_to(image)
         return root
 
@@ -47,14 +75,14 @@ def aid_subset(tmp_path: Path) -> Callable[..., Path]:
 
 
 @pytest.fixture
-def multilabel_manifest(tmp_path: Path) -> Path:
+def multilabel_manifest(tmp_path: Path, aid_dir: Path) -> Path:
     """A CSV manifest of tiny PNG tiles with ';'-separated labels, cut from real AID images."""
     folder = tmp_path / "ml"
     folder.mkdir()
     sources = {
-        "Beach": sorted((AID / "Beach").glob("*.jpg"))[:4],
-        "Forest": sorted((AID / "Forest").glob("*.jpg"))[:4],
-        "River": sorted((AID / "River").glob("*.jpg"))[:4],
+        "Beach": sorted((aid_dir / "Beach").glob("*.jpg"))[:4],
+        "Forest": sorted((aid_dir / "Forest").glob("*.jpg"))[:4],
+        "River": sorted((aid_dir / "River").glob("*.jpg"))[:4],
     }
     lines = ["path,labels"]
     for name, files in sources.items():
@@ -81,27 +109,6 @@ def write_image() -> Callable[[Path, int], Path]:
     return make
 
 
-def write_raster(
-    path: Path, pixels: np.ndarray, crs: str | None, transform: Affine, **profile: object
-) -> Path:
-    """Write a bands x rows x cols array as a GeoTIFF (``profile``: extra creation options)."""
-    count, height, width = pixels.shape
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=width,
-        height=height,
-        count=count,
-        dtype=pixels.dtype.name,
-        crs=crs,
-        transform=transform,
-        **profile,
-    ) as dst:
-        dst.write(pixels)
-    return path
-
-
 @pytest.fixture
 def run_cli() -> Callable[..., Result]:
     """Invoke the ``rsscgeo`` CLI in-process."""
@@ -111,21 +118,3 @@ def run_cli() -> Callable[..., Result]:
         return runner.invoke(cli, [str(a) for a in args], catch_exceptions=True)
 
     return invoke
-
-
-def assert_one_line_error(result: Result, *needles: str) -> None:
-    """Non-zero exit, no traceback, and one ``Error:`` line naming ``needles`` at the end.
-
-    Progress bars of work done before the failure may precede the error line.
-    """
-    assert result.exit_code not in (0, None), result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
-        result.exception
-    )
-    text = result.output.strip()
-    assert "Traceback" not in text
-    errors = [line for line in text.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, text
-    assert text.splitlines()[-1] == errors[0], text
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])

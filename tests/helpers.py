@@ -6,8 +6,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import rasterio
 import torch
 import yaml
+from affine import Affine
+from click.testing import Result
 
 TINY = {
     "seed": 0,
@@ -46,6 +50,45 @@ def write_config(
     return path
 
 
+def write_raster(
+    path: Path, pixels: np.ndarray, crs: str | None, transform: Affine, **profile: object
+) -> Path:
+    """Write a bands x rows x cols array as a GeoTIFF (``profile``: extra creation options)."""
+    count, height, width = pixels.shape
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=count,
+        dtype=pixels.dtype.name,
+        crs=crs,
+        transform=transform,
+        **profile,
+    ) as dst:
+        dst.write(pixels)
+    return path
+
+
+def assert_one_line_error(result: Result, *needles: str) -> None:
+    """Non-zero exit, no traceback, and one ``Error:`` line naming ``needles`` at the end.
+
+    Progress bars of work done before the failure may precede the error line.
+    """
+    assert result.exit_code not in (0, None), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+    text = result.output.strip()
+    assert "Traceback" not in text
+    errors = [line for line in text.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, text
+    assert text.splitlines()[-1] == errors[0], text
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+
+
 class SlowMeanColour(torch.nn.Module):
     """Mean colour + linear layer that sleeps per batch, so a run lasts long enough to be
     interrupted. Lives here (not in a test module) so Dask worker processes started with
@@ -60,3 +103,24 @@ class SlowMeanColour(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         time.sleep(self.seconds)
         return self.head(x.mean(dim=(2, 3)))
+
+
+class SlowToUnpickle(SlowMeanColour):
+    """A ``SlowMeanColour`` that takes ``RSSCGEO_TEST_UNPICKLE_SECONDS`` to unpickle.
+
+    A Dask worker unpickles the model while the rsscgeo model plugin is being
+    registered, so this widens that window for tests that kill a worker inside it.
+    With ``RSSCGEO_TEST_MARKERS`` set, each unpickling process writes
+    ``unpickling-<pid>`` there as it starts and ``unpickled-<pid>`` when done.
+    """
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        import os
+
+        markers = os.environ.get("RSSCGEO_TEST_MARKERS")
+        if markers:
+            (Path(markers) / f"unpickling-{os.getpid()}").touch()
+        time.sleep(float(os.environ.get("RSSCGEO_TEST_UNPICKLE_SECONDS", "0")))
+        super().__setstate__(state)
+        if markers:
+            (Path(markers) / f"unpickled-{os.getpid()}").touch()

@@ -34,6 +34,7 @@ report = {
     "features": vector.featureCount(),
     "renderer": renderer.type() if renderer else None,
     "categories": [c.value() for c in categories],
+    "category_labels": [c.label() for c in categories],
     "category_colors": [c.symbol().color().name() for c in categories],
     "raster_valid": raster.isValid(),
     "raster_crs": raster.crs().authid(),

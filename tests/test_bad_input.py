@@ -24,8 +24,7 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
-from conftest import assert_one_line_error, write_raster
-from helpers import write_config
+from helpers import assert_one_line_error, write_config, write_raster
 from PIL import Image
 from rasterio.transform import from_origin
 from safetensors.torch import save_file
@@ -355,7 +354,6 @@ def evaluate_into_blocked_folder(ws: Workspace) -> list[object]:
     return ["evaluate", BUNDLED_MODEL, image_dataset(ws), "--json", json_path]
 
 
-
 CASES = [
     # classify: the scene
     Case(
@@ -607,10 +605,7 @@ CASES = [
 
 @pytest.mark.parametrize(
     "case",
-    [
-        pytest.param(c, id=c.id)
-        for c in CASES
-    ],
+    [pytest.param(c, id=c.id) for c in CASES],
 )
 def test_bad_input_fails_cleanly(ws: Workspace, run_cli, case: Case) -> None:
     args = case.args(ws)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import geopandas as gpd
@@ -13,7 +15,7 @@ import rasterio
 import shapely
 import torch
 from affine import Affine
-from conftest import SCENES, assert_one_line_error, write_raster
+from helpers import assert_one_line_error, write_raster
 from rasterio.transform import from_origin
 
 from rsscgeo import load_model
@@ -22,13 +24,20 @@ from rsscgeo.modelfile import BUNDLED_MODEL
 pytestmark = pytest.mark.real_data
 
 
+# Scenes by name, relative to the scenes_dir fixture.
 CASES = {
-    "striped_nodata": SCENES / "rasterio" / "RGB.byte.tif",
-    "jpeg_cog_3857": SCENES / "rasterio" / "cogeo.tif",
-    "naip_rgbn": SCENES / "opengeos" / "naip_m_4709963_se_14_1_20200831.tif",
-    "landsat8_uint16": SCENES / "landsat8" / "LC81070352015122LGN00_RGB_B4B3B2_cog.tif",
-    "geographic_4326": SCENES / "opengeos" / "landsat_2020.tif",
+    "striped_nodata": ("rasterio", "RGB.byte.tif"),
+    "jpeg_cog_3857": ("rasterio", "cogeo.tif"),
+    "naip_rgbn": ("opengeos", "naip_m_4709963_se_14_1_20200831.tif"),
+    "landsat8_uint16": ("landsat8", "LC81070352015122LGN00_RGB_B4B3B2_cog.tif"),
+    "geographic_4326": ("opengeos", "landsat_2020.tif"),
 }
+
+
+@pytest.fixture(scope="module")
+def scene_path(scenes_dir: Path) -> Callable[[str], Path]:
+    """A scene of CASES by name."""
+    return lambda name: scenes_dir.joinpath(*CASES[name])
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +51,10 @@ def legend_names(card) -> list[str]:
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_outputs_are_georeferenced_and_consistent(tmp_path: Path, run_cli, card, name: str) -> None:
-    scene = CASES[name]
+def test_outputs_are_georeferenced_and_consistent(
+    tmp_path: Path, run_cli, card, name: str, scene_path
+) -> None:
+    scene = scene_path(name)
     gpkg, tif = tmp_path / f"{name}.gpkg", tmp_path / f"{name}.tif"
     result = run_cli("classify", scene, "--out", gpkg, "--out", tif, "--probabilities")
     assert result.exit_code == 0, result.output
@@ -86,9 +97,12 @@ def test_outputs_are_georeferenced_and_consistent(tmp_path: Path, run_cli, card,
     assert [c.text for c in category_names][: card.num_classes] == card.class_names
 
 
-def test_polygons_tile_the_classified_area(tmp_path: Path, run_cli) -> None:
+def test_polygons_tile_the_classified_area(tmp_path: Path, run_cli, scene_path) -> None:
     gpkg = tmp_path / "tiles.gpkg"
-    assert run_cli("classify", CASES["naip_rgbn"], "--out", gpkg, "--bands", "1,2,3").exit_code == 0
+    assert (
+        run_cli("classify", scene_path("naip_rgbn"), "--out", gpkg, "--bands", "1,2,3").exit_code
+        == 0
+    )
     frame = gpd.read_file(gpkg)
     union = shapely.union_all(frame.geometry.values)
     assert union.area == pytest.approx(frame.geometry.area.sum(), rel=1e-9)  # no overlaps
@@ -96,13 +110,13 @@ def test_polygons_tile_the_classified_area(tmp_path: Path, run_cli) -> None:
     assert union.geom_type == "Polygon"  # one connected block: no gaps on a full scene
 
 
-def test_one_and_two_workers_give_identical_outputs(tmp_path: Path, run_cli) -> None:
+def test_one_and_two_workers_give_identical_outputs(tmp_path: Path, run_cli, scene_path) -> None:
     outs = []
     for workers in (1, 2):
         out = tmp_path / f"w{workers}.tif"
         args = (
             "classify",
-            CASES["striped_nodata"],
+            scene_path("striped_nodata"),
             "--out",
             out,
             "--workers",
@@ -122,28 +136,31 @@ def no_crs(tmp_path: Path) -> Path:
     return write_raster(tmp_path / "nocrs.tif", pixels, None, from_origin(0, 64, 1, 1))
 
 
-def test_bad_input(tmp_path: Path, run_cli, no_crs: Path) -> None:
+def test_bad_input(tmp_path: Path, run_cli, no_crs: Path, scene_path, scenes_dir: Path) -> None:
     out = tmp_path / "out.gpkg"
     text = tmp_path / "notes.tif"
     text.write_text("not a raster")
     empty = tmp_path / "empty.tif"
     empty.write_bytes(b"")
     truncated = tmp_path / "truncated.tif"
-    truncated.write_bytes(CASES["jpeg_cog_3857"].read_bytes()[:5000])
+    truncated.write_bytes(scene_path("jpeg_cog_3857").read_bytes()[:5000])
     cases = [
         ((text, "--out", out), ("notes.tif", "not a readable raster")),
         ((empty, "--out", out), ("empty.tif",)),
         ((truncated, "--out", out), ("truncated.tif",)),
         ((no_crs, "--out", out), ("no CRS", "gdal_edit")),
-        ((SCENES / "rasterio" / "shade.tif", "--out", out), ("1 band(s)", "--bands")),
-        ((CASES["naip_rgbn"], "--out", out, "--bands", "1,2,9"), ("--bands 9",)),
-        ((CASES["naip_rgbn"], "--out", out, "--bands", "1,2"), ("needs 3 bands",)),
+        ((scenes_dir / "rasterio" / "shade.tif", "--out", out), ("1 band(s)", "--bands")),
         (
-            (CASES["naip_rgbn"], "--out", tmp_path / "missing" / "o.gpkg"),
+            (scene_path("naip_rgbn"), "--out", out, "--bands", "1,2,9"),
+            ("band 9 does not exist", "--bands"),
+        ),
+        ((scene_path("naip_rgbn"), "--out", out, "--bands", "1,2"), ("needs 3 bands",)),
+        (
+            (scene_path("naip_rgbn"), "--out", tmp_path / "missing" / "o.gpkg"),
             ("does not exist", "create it"),
         ),
-        ((CASES["naip_rgbn"], "--out", out, "--model", text), ("notes.tif",)),
-        ((CASES["naip_rgbn"], "--out", tmp_path / "o.shp"), (".gpkg or .tif",)),
+        ((scene_path("naip_rgbn"), "--out", out, "--model", text), ("notes.tif",)),
+        ((scene_path("naip_rgbn"), "--out", tmp_path / "o.shp"), (".gpkg or .tif",)),
     ]
     for args, needles in cases:
         assert_one_line_error(run_cli("classify", *args), *needles)
@@ -153,24 +170,30 @@ def test_bad_input(tmp_path: Path, run_cli, no_crs: Path) -> None:
     )
 
 
-def test_existing_output_needs_overwrite(tmp_path: Path, run_cli) -> None:
+def test_existing_output_needs_overwrite(tmp_path: Path, run_cli, scene_path) -> None:
     out = tmp_path / "o.tif"
     out.write_text("keep me")
-    assert_one_line_error(run_cli("classify", CASES["striped_nodata"], "--out", out), "--overwrite")
+    assert_one_line_error(
+        run_cli("classify", scene_path("striped_nodata"), "--out", out), "--overwrite"
+    )
     assert out.read_text() == "keep me"
-    assert run_cli("classify", CASES["striped_nodata"], "--out", out, "--overwrite").exit_code == 0
+    assert (
+        run_cli("classify", scene_path("striped_nodata"), "--out", out, "--overwrite").exit_code
+        == 0
+    )
     with rasterio.open(out) as src:
         assert src.count == 1
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(
-    tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch, scene_path
 ) -> None:
-    import rsscgeo.scene.classify as engine
+    import rsscgeo.scene.tasks as engine
 
     # 6x6-patch chunks: 3x3 chunks
     scene, args = (
-        CASES["striped_nodata"],
+        scene_path("striped_nodata"),
         ("--stride", "50", "--workers", "1", "--chunk-size", "300"),
     )
     original, calls = engine.ChunkWork.__call__, []
@@ -224,8 +247,10 @@ def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(
     ]
 
 
-def test_resume_refuses_a_journal_of_another_job(tmp_path: Path, run_cli, monkeypatch) -> None:
-    import rsscgeo.scene.classify as engine
+def test_resume_refuses_a_journal_of_another_job(
+    tmp_path: Path, run_cli, monkeypatch, scene_path
+) -> None:
+    import rsscgeo.scene.tasks as engine
 
     original = engine.ChunkWork.__call__
 
@@ -237,7 +262,7 @@ def test_resume_refuses_a_journal_of_another_job(tmp_path: Path, run_cli, monkey
     assert (
         run_cli(
             "classify",
-            CASES["striped_nodata"],
+            scene_path("striped_nodata"),
             "--out",
             out,
             "--stride",
@@ -250,7 +275,7 @@ def test_resume_refuses_a_journal_of_another_job(tmp_path: Path, run_cli, monkey
     monkeypatch.setattr(engine.ChunkWork, "__call__", original)
     result = run_cli(
         "classify",
-        CASES["striped_nodata"],
+        scene_path("striped_nodata"),
         "--out",
         out,
         "--stride",
@@ -259,14 +284,15 @@ def test_resume_refuses_a_journal_of_another_job(tmp_path: Path, run_cli, monkey
         "--chunk-size",
         "300",
     )
-    assert_one_line_error(result, "other inputs or options", "without --resume")
+    assert_one_line_error(result, "other options", "--overwrite to start over")
 
 
-def test_patch_dataset_is_lazy_and_matches_the_geotiff(tmp_path: Path, run_cli) -> None:
+def test_patch_dataset_is_lazy_and_matches_the_geotiff(tmp_path: Path, run_cli, scene_path) -> None:
     import rsscgeo
 
-    scene = CASES["striped_nodata"]
-    data = rsscgeo.patch_dataset([scene], load_model(BUNDLED_MODEL), stride=75, chunk_patches=4)
+    scene = scene_path("striped_nodata")
+    options = rsscgeo.ClassifyOptions(stride=75, chunk_size=300)  # 4x4 patches a chunk
+    data = rsscgeo.patch_dataset([scene], load_model(BUNDLED_MODEL), options)
     assert data.probability.chunks is not None  # dask-backed until computed
     assert data.sizes["class"] == 30 and data.attrs["crs"]
     out = tmp_path / "o.tif"
@@ -286,13 +312,13 @@ def test_patch_dataset_is_lazy_and_matches_the_geotiff(tmp_path: Path, run_cli) 
         assert computed.x.values[0] == pytest.approx(src.transform.c + 75 * src.transform.a)
 
 
-def test_device_without_gpu_is_a_clear_error(tmp_path: Path, run_cli) -> None:
+def test_device_without_gpu_is_a_clear_error(tmp_path: Path, run_cli, scene_path) -> None:
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     result = run_cli(
-        "classify", CASES["striped_nodata"], "--out", tmp_path / "o.tif", "--device", "cuda"
+        "classify", scene_path("striped_nodata"), "--out", tmp_path / "o.tif", "--device", "cuda"
     )
     assert_one_line_error(result, "no CUDA GPU", "--device cpu")
 
@@ -323,10 +349,10 @@ def _write_part(src: rasterio.DatasetReader, path: Path, window, crs: str | None
     return path
 
 
-def test_mosaic_of_files_in_two_crs(tmp_path: Path, run_cli) -> None:
+def test_mosaic_of_files_in_two_crs(tmp_path: Path, run_cli, scene_path) -> None:
     from rasterio.windows import Window
 
-    with rasterio.open(CASES["naip_rgbn"]) as src:
+    with rasterio.open(scene_path("naip_rgbn")) as src:
         left = _write_part(src, tmp_path / "left.tif", Window(0, 0, 480, src.height))
         right = _write_part(
             src, tmp_path / "right.tif", Window(450, 0, src.width - 450, src.height), "EPSG:3857"
@@ -341,10 +367,10 @@ def test_mosaic_of_files_in_two_crs(tmp_path: Path, run_cli) -> None:
     assert frame["col"].max() >= 5  # patches beyond the left file's 480 px come from the right one
 
 
-def test_files_that_do_not_overlap_and_tiny_scenes(tmp_path: Path, run_cli) -> None:
+def test_files_that_do_not_overlap_and_tiny_scenes(tmp_path: Path, run_cli, scene_path) -> None:
     from rasterio.windows import Window
 
-    with rasterio.open(CASES["naip_rgbn"]) as src:
+    with rasterio.open(scene_path("naip_rgbn")) as src:
         a = _write_part(src, tmp_path / "a.tif", Window(0, 0, 200, 200))
         b = _write_part(src, tmp_path / "b.tif", Window(600, 400, 200, 200))
         tiny = _write_part(src, tmp_path / "tiny.tif", Window(300, 300, 40, 40))
@@ -358,63 +384,93 @@ def test_files_that_do_not_overlap_and_tiny_scenes(tmp_path: Path, run_cli) -> N
     assert len(gpd.read_file(out, layer="o")) == 1  # one padded patch covers the whole scene
 
 
-class _MeanColour(torch.nn.Module):
-    """A trivial model (pooled colour -> logits) that makes a run read-bound."""
+class _SeesLayoutAndTexture(torch.nn.Module):
+    """A fixed random model whose answer depends on a patch's content, not just its colour:
+    each band's mean over a 4x4 grid of blocks (where things are) and the mean absolute
+    response of eight random 3x3 filters (texture), mixed by a random linear layer. Two
+    patches of a real scene get different probabilities; a wrong pixel moves them."""
 
-    def __init__(self) -> None:
+    def __init__(self, classes: int = 30) -> None:
         super().__init__()
-        self.head = torch.nn.Linear(3, 30)
+        generator = torch.Generator().manual_seed(0)
+        self.filters = torch.nn.Conv2d(3, 8, 3, bias=False)
+        self.head = torch.nn.Linear(3 * 16 + 8, classes)
+        with torch.no_grad():
+            self.filters.weight.copy_(torch.randn(8, 3, 3, 3, generator=generator))
+            weight = torch.randn(classes, 3 * 16 + 8, generator=generator)
+            self.head.weight.copy_(weight / 4)  # spread answers, not near one-hot ones
+            self.head.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x.mean(dim=(2, 3)))
+        layout = torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+        texture = self.filters(x).abs().mean(dim=(2, 3))
+        return self.head(torch.cat([layout, texture], dim=1))
 
 
-def test_parallel_reads_are_thread_safe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Many concurrent chunk reads of a deflate-tiled scene give the same result as one
-    worker (a shared GDAL handle once gave decode errors and wrong pixels here)."""
-    import rsscgeo.scene.classify as engine
+@pytest.mark.slow
+def test_parallel_reads_are_thread_safe(tmp_path: Path, scene_path) -> None:
+    """Many concurrent chunk reads of a deflate-tiled real scene give the probabilities of
+    one worker (a shared GDAL handle once gave decode errors and wrong pixels here).
+
+    The model sees layout and texture and the scene has real structure, so every patch
+    has its own answer: a wrong or shifted pixel block in any chunk would show.
+    """
+    from rasterio.enums import Resampling
+
+    from rsscgeo import ClassifyOptions, ClassifyOutputs, classify_scene, open_engine
     from rsscgeo.modelfile import LoadedModel
 
-    pixels = np.random.default_rng(0).integers(0, 255, (3, 1536, 1536), dtype=np.uint8)
+    with rasterio.open(scene_path("naip_rgbn")) as src:  # 934 x 723 px at 5 m
+        pixels = src.read([1, 2, 3], out_shape=(3, 1024, 1024), resampling=Resampling.bilinear)
+        crs, left, top = src.crs, src.bounds.left, src.bounds.top
     scene = write_raster(
         tmp_path / "scene.tif",
         pixels,
-        "EPSG:32633",
-        from_origin(500000, 4200000, 2.0, 2.0),
+        crs,
+        from_origin(left, top, 2.0, 2.0),  # the model's 2 m: read natively, no resampling
         tiled=True,
         blockxsize=256,
         blockysize=256,
         compress="deflate",
     )
-    torch.manual_seed(0)
-    loaded = LoadedModel(_MeanColour().eval(), load_model(BUNDLED_MODEL).card)
-    results = []
+    card = load_model(BUNDLED_MODEL).card
+    loaded = LoadedModel(_SeesLayoutAndTexture().eval(), card)
+    # 13 x 13 patches in 49 chunks of 2 x 2; each chunk reads 225 px, across tile edges.
+    options = ClassifyOptions(stride=75, chunk_size=150, probabilities=True)
+    p_columns = [f"p_{name}" for name in card.class_names]
+    runs = []
     for workers in (1, 2, 2):
-        out = tmp_path / f"w{workers}_{len(results)}.tif"
-        engine.classify_scene(
-            [scene],
-            loaded,
-            geotiff=out,
-            workers=workers,
-            stride=75,
-            progress=False,
-            chunk_pixels=300,  # 64 chunks of 2x2 patches
-        )
-        with rasterio.open(out) as src:
-            results.append(src.read())
-    np.testing.assert_array_equal(results[0], results[1])
-    np.testing.assert_array_equal(results[0], results[2])
+        folder = tmp_path / f"run{len(runs)}_{workers}_workers"
+        folder.mkdir()
+        outputs = ClassifyOutputs(gpkg=folder / "p.gpkg", geotiff=folder / "p.tif")
+        with open_engine(workers=workers) as engine:
+            classify_scene([scene], loaded, options, outputs, engine, progress=False)
+        with rasterio.open(outputs.geotiff) as src:
+            raster = src.read()
+        table = gpd.read_file(outputs.gpkg, layer="p").sort_values(["row", "col"])
+        runs.append((raster, table[p_columns].to_numpy()))
+    raster, table = runs[0]
+    assert raster.shape == (1 + card.num_classes, 13, 13) and table.shape == (169, 30)
+    # Every patch has its own answer, far from every other patch's (1000x the tolerance
+    # below): equal outputs cannot hide pixels read from the wrong place.
+    apart = np.abs(table[:, None] - table[None]).max(axis=2) + np.eye(len(table))
+    assert apart.min() > 1e-3, np.unravel_index(apart.argmin(), apart.shape)
+    assert len(np.unique(table.argmax(axis=1))) >= 5  # most probable classes
+    for other_raster, other_table in runs[1:]:
+        # 1e-6: one worker's torch uses two intra-op threads, two workers one each.
+        np.testing.assert_allclose(other_raster, raster, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(other_table, table, rtol=0, atol=1e-6)
 
 
 def test_tta_reaches_the_outputs_and_the_resume_fingerprint(
-    tmp_path: Path, run_cli, card, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, run_cli, card, monkeypatch: pytest.MonkeyPatch, scene_path
 ) -> None:
     from rasterio.windows import Window
 
     import rsscgeo
-    import rsscgeo.scene.classify as engine
+    import rsscgeo.scene.tasks as engine
 
-    with rasterio.open(CASES["naip_rgbn"]) as src:  # six patches
+    with rasterio.open(scene_path("naip_rgbn")) as src:  # six patches
         scene = _write_part(src, tmp_path / "part.tif", Window(150, 150, 450, 300))
     gpkg = tmp_path / "tta.gpkg"
     # At native 5 m: six patches (read at the model's 2 m it would be 40).
@@ -423,8 +479,9 @@ def test_tta_reaches_the_outputs_and_the_resume_fingerprint(
     assert "test-time augmentation" in result.output
     frame = gpd.read_file(gpkg, layer="tta")
     loaded = load_model(BUNDLED_MODEL)
-    with_tta = rsscgeo.patch_dataset([scene], loaded, bands=[1, 2, 3], gsd=5.0, tta=True)
-    plain = rsscgeo.patch_dataset([scene], loaded, bands=[1, 2, 3], gsd=5.0)
+    options = rsscgeo.ClassifyOptions(bands=(1, 2, 3), gsd=5.0)
+    with_tta = rsscgeo.patch_dataset([scene], loaded, replace(options, tta=True))
+    plain = rsscgeo.patch_dataset([scene], loaded, options)
     at = (frame["row"].to_numpy(), frame["col"].to_numpy())
     expected = with_tta.probability.values[at]
     assert len(frame) == 6
@@ -440,4 +497,67 @@ def test_tta_reaches_the_outputs_and_the_resume_fingerprint(
     assert run_cli("classify", scene, "--out", out, "--bands", "1,2,3").exit_code != 0
     monkeypatch.undo()
     result = run_cli("classify", scene, "--out", out, "--bands", "1,2,3", "--tta", "--resume")
-    assert_one_line_error(result, "other inputs or options", "without --resume")
+    assert_one_line_error(result, "other options", "--overwrite to start over")
+
+
+def special_names(names: list[str]) -> list[str]:
+    """Class names with every character XML and HTML escape: < & " ' >."""
+    return [f'<{name}> & "{name}\'s" >' for name in names]
+
+
+def write_special_names_model(folder: Path) -> Path:
+    """The bundled model with its classes renamed by ``special_names``."""
+    from rsscgeo.modelfile import save_model
+
+    loaded = load_model(BUNDLED_MODEL)
+    renamed = [
+        c.model_copy(update={"name": n})
+        for c, n in zip(loaded.card.classes, special_names(loaded.card.class_names), strict=True)
+    ]
+    card = loaded.card.model_copy(update={"classes": renamed})
+    return save_model(folder / "special.safetensors", loaded.model, card, half=True)
+
+
+def naip_part(source: Path, folder: Path) -> Path:
+    """Six patches of the NAIP scene at its native 5 m (bands 1-3)."""
+    from rasterio.windows import Window
+
+    with rasterio.open(source) as src:
+        return _write_part(src, folder / "part.tif", Window(150, 150, 450, 300))
+
+
+def test_class_names_with_xml_characters_round_trip(tmp_path: Path, run_cli, scene_path) -> None:
+    model = write_special_names_model(tmp_path)
+    names = load_model(model).card.class_names
+    assert all(c in names[0] for c in "<&\"'>")
+    scene = naip_part(scene_path("naip_rgbn"), tmp_path)
+    gpkg, tif = tmp_path / "labels.gpkg", tmp_path / "labels.tif"
+    args = ("--bands", "1,2,3", "--gsd", "5", "--uncertain-below", "0", "--probabilities")
+    result = run_cli("classify", scene, "--model", model, "--out", gpkg, "--out", tif, *args)
+    assert result.exit_code == 0, result.output
+
+    def categories(qml: str) -> list[tuple[str | None, str | None]]:
+        root = ET.fromstring(qml)  # raises on invalid XML
+        renderer = root.find("renderer-v2")
+        assert renderer is not None and renderer.get("type") == "categorizedSymbol"
+        assert renderer.get("attr") == "class_name"
+        return [(c.get("value"), c.get("label")) for c in renderer.iterfind("categories/category")]
+
+    assert categories(gpkg.with_suffix(".qml").read_text()) == [(n, n) for n in names]
+    with sqlite3.connect(gpkg) as db:
+        [(qml, sld)] = db.execute("SELECT styleQML, styleSLD FROM layer_styles").fetchall()
+    assert categories(qml) == [(n, n) for n in names]
+    if sld:  # none is written today; if one is, it must be valid and name the classes
+        texts = {e.text for e in ET.fromstring(sld).iter()}
+        assert set(names) <= texts
+    aux = ET.parse(f"{tif}.aux.xml").getroot()
+    assert [c.text for c in aux.iterfind(".//Category")][: len(names)] == names
+    with rasterio.open(tif) as src:
+        assert list(src.descriptions[1:]) == [f"p_{n}" for n in names]
+    frame = gpd.read_file(gpkg, layer="labels")
+    assert len(frame) == 6 and set(frame["class_name"]) <= set(names)
+    p_columns = [f"p_{n}" for n in names]
+    assert set(p_columns) <= set(frame.columns)
+    np.testing.assert_allclose(frame[p_columns].sum(axis=1), 1, atol=1e-4)
+    best = frame[p_columns].to_numpy().argmax(axis=1)
+    assert list(frame["class_name"]) == [names[i] for i in best]

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error
-from helpers import write_config
+from helpers import assert_one_line_error, write_config
 
 pytestmark = pytest.mark.real_data
 

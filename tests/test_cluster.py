@@ -1,98 +1,32 @@
-"""Classify on real Dask clusters and under failure: workers killed, runs killed, races.
+"""Classify on real Dask clusters: remote and local runs agree, runs killed, races.
+
+Workers lost at several moments are in test_failures.py.
 
 Every test starts its own processes on 127.0.0.1 and stops them.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import geopandas as gpd
 import numpy as np
 import pytest
-import rasterio
-from conftest import assert_one_line_error
-from helpers import SlowMeanColour
-
-from rsscgeo import load_model
-from rsscgeo.modelfile import BUNDLED_MODEL, LoadedModel
-
-ROOT = Path(__file__).resolve().parents[1]
-SCENE = ROOT / "examples" / "scenes" / "naip_2020_rgbn.tif"  # 934 x 723 px, 5 m
-BIN = Path(sys.executable).parent
-# At the scene's native 5 m (read at the model's 2 m it would have 6x the patches),
-# stride 50 and 100 px chunks: 13 x 17 patches in 7 x 9 = 63 chunks, so there is time
-# to interrupt a run between chunks.
-SMALL_CHUNKS = ("--gsd", "5", "--stride", "50", "--chunk-size", "100")
-
-
-class Cluster:
-    """A `dask scheduler` and `dask worker` processes, as a user would start them."""
-
-    def __init__(self, folder: Path, workers: int, env: dict[str, str] | None = None) -> None:
-        self.folder = folder
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), **(env or {})}
-        self.file = folder / "scheduler.json"
-        self.scheduler = self._start(
-            [BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
-             "--no-dashboard", "--scheduler-file", self.file],
-            "scheduler",
-        )  # fmt: skip
-        self.address = self._wait_for_address()
-        self.workers = [self.start_worker(f"w{i}") for i in range(workers)]
-        if workers:
-            self.wait_for_workers(workers)
-
-    def start_worker(self, name: str, python: list[str] | None = None) -> subprocess.Popen[bytes]:
-        """One single-threaded worker process without a nanny (so kill -9 removes it)."""
-        command = python or [str(BIN / "dask"), "worker"]
-        return self._start(
-            [*command, self.address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
-             "--memory-limit", "0", "--name", name],
-            name,
-        )  # fmt: skip
-
-    def wait_for_workers(self, count: int) -> None:
-        from distributed import Client
-
-        with Client(self.address, timeout="20s") as client:
-            client.wait_for_workers(count, timeout=60)
-
-    def stop(self) -> None:
-        # Workers first, while the scheduler can still see them off quickly.
-        for group in (self.workers, [self.scheduler]):
-            for process in group:
-                if process.poll() is None:
-                    process.terminate()
-            for process in group:
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-
-    def _start(self, command: list[object], name: str) -> subprocess.Popen[bytes]:
-        log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 (lives with the process)
-        return subprocess.Popen([str(c) for c in command], stdout=log, stderr=log, env=self.env)
-
-    def _wait_for_address(self) -> str:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.file.exists():
-                try:
-                    return str(json.loads(self.file.read_text())["address"])
-                except (json.JSONDecodeError, KeyError):
-                    pass
-            time.sleep(0.1)
-        raise RuntimeError("the dask scheduler did not start")
+from clusters import (
+    SCENE,
+    SMALL_CHUNKS,
+    Cluster,
+    assert_same_outputs,
+    outputs,
+    read_outputs,
+    rsscgeo_classify,
+    wait_for,
+)
+from helpers import assert_one_line_error
 
 
 @pytest.fixture
@@ -104,24 +38,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     started.stop()
 
 
-def read_outputs(gpkg: Path, tif: Path) -> tuple[np.ndarray, gpd.GeoDataFrame]:
-    with rasterio.open(tif) as src:
-        pixels = src.read()
-    return pixels, gpd.read_file(gpkg)
-
-
-def assert_same_outputs(a: tuple[Path, Path], b: tuple[Path, Path]) -> None:
-    pixels_a, frame_a = read_outputs(*a)
-    pixels_b, frame_b = read_outputs(*b)
-    np.testing.assert_array_equal(pixels_a, pixels_b)
-    assert frame_a.drop(columns="geometry").equals(frame_b.drop(columns="geometry"))
-    assert frame_a.geometry.geom_equals(frame_b.geometry).all()
-
-
-def outputs(folder: Path, name: str) -> tuple[Path, Path]:
-    return folder / f"{name}.gpkg", folder / f"{name}.tif"
-
-
+@pytest.mark.slow
 def test_scheduler_run_matches_the_local_run(tmp_path: Path, run_cli, cluster: Cluster) -> None:
     local, remote = outputs(tmp_path, "local"), outputs(tmp_path, "remote")
     args = ("classify", SCENE, *SMALL_CHUNKS)
@@ -139,6 +56,7 @@ def test_scheduler_run_matches_the_local_run(tmp_path: Path, run_cli, cluster: C
         assert log.count("Starting Worker plugin rsscgeo-model") == 1, log
 
 
+@pytest.mark.slow
 def test_the_address_can_come_from_the_environment(
     tmp_path: Path, run_cli, cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -149,45 +67,7 @@ def test_the_address_can_come_from_the_environment(
     assert f"Dask cluster at {cluster.address}" in result.output
 
 
-def test_a_killed_worker_costs_only_its_chunks(tmp_path: Path, cluster: Cluster) -> None:
-    from rsscgeo.scene.classify import classify_scene
-    from rsscgeo.scene.engine import open_engine
-
-    card = load_model(BUNDLED_MODEL).card
-    loaded = LoadedModel(SlowMeanColour(seconds=0.1).eval(), card)
-    options = {"gsd": 5.0, "stride": 50, "chunk_pixels": 100, "progress": False}
-    reference = outputs(tmp_path, "reference")
-    classify_scene(
-        [SCENE], loaded, gpkg=reference[0], geotiff=reference[1], workers=1, **options
-    )  # one task thread with all cores' torch threads, like each worker
-
-    disturbed = outputs(tmp_path, "disturbed")
-    journal = tmp_path / ".disturbed.gpkg.journal"
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            with open_engine(cluster.address) as engine:
-                classify_scene(
-                    [SCENE], loaded, gpkg=disturbed[0], geotiff=disturbed[1], engine=engine,
-                    **options,
-                )  # fmt: skip
-        except BaseException as err:
-            failure.append(err)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while len(list(journal.glob("chunk-*.npz"))) < 10 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    victim = cluster.workers[0]
-    os.kill(victim.pid, signal.SIGKILL)
-    thread.join(timeout=300)
-    assert not thread.is_alive() and not failure, failure
-    assert victim.wait() == -signal.SIGKILL
-    assert_same_outputs(reference, disturbed)
-
-
+@pytest.mark.slow
 def test_unreachable_scheduler_is_one_line(tmp_path: Path, run_cli) -> None:
     gpkg = tmp_path / "x.gpkg"
     result = run_cli("classify", SCENE, "--out", gpkg, "--scheduler", "tcp://127.0.0.1:9")
@@ -195,6 +75,7 @@ def test_unreachable_scheduler_is_one_line(tmp_path: Path, run_cli) -> None:
     assert sorted(os.listdir(tmp_path)) == []
 
 
+@pytest.mark.slow
 def test_workers_without_rsscgeo_give_one_line(tmp_path: Path, run_cli) -> None:
     folder = tmp_path / "cluster"
     folder.mkdir()
@@ -220,20 +101,6 @@ def test_a_worker_that_cannot_see_the_scene_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(SceneError, match="same path") as caught:
         reader.dataset  # noqa: B018 (opening is the point)
     assert "\n" not in str(caught.value)
-
-
-def rsscgeo_classify(*args: object, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as sink:
-        return subprocess.Popen(
-            [str(BIN / "rsscgeo"), "classify", *map(str, args)], stdout=sink, stderr=sink
-        )
-
-
-def wait_for(predicate, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 @pytest.mark.slow
@@ -296,6 +163,7 @@ def test_two_runs_on_one_output_one_refuses(tmp_path: Path, run_cli) -> None:
     assert not list(tmp_path.glob(".shared*"))  # no lock, journal or temporary file left
 
 
+@pytest.mark.slow
 def test_out_dir_classifies_each_scene_on_worker_processes(tmp_path: Path, run_cli) -> None:
     other = tmp_path / "in" / "naip copy é.tif"  # a space and unicode in the name
     other.parent.mkdir()

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import AID, assert_one_line_error
+from helpers import assert_one_line_error
 
-from rsscgeo.data.catalog import Catalog, open_catalog
-from rsscgeo.data.datasets import LAYOUTS, open_dataset, open_ucmerced, split_filename
+from rsscgeo.data.catalog import Catalog
+from rsscgeo.data.layouts import DETECTED, LAYOUTS, open_catalog, open_ucmerced, split_filename
 from rsscgeo.data.splits import read_split, stratified_split
 from rsscgeo.errors import ConfigError, DatasetError
 from rsscgeo.training.config import parse_config
@@ -114,7 +114,7 @@ def dataset(tmp_path: Path, tiny: Callable[..., None]) -> Callable[[str], Path]:
 def test_single_label_layouts(layout: str, dataset: Callable[[str], Path]) -> None:
     top = dataset(layout)
     _, inner, classes = CASES[layout]
-    catalog = open_dataset(layout, top)
+    catalog = open_catalog(top, layout=layout)
     assert catalog.classes == tuple(classes)
     assert catalog.task == "multiclass"
     assert len(catalog.items) == PER_CLASS * len(classes)
@@ -124,8 +124,8 @@ def test_single_label_layouts(layout: str, dataset: Callable[[str], Path]) -> No
     for item in catalog.items:  # the label is the folder the image is in
         assert catalog.label_names(item) == [item.path.parent.name]
     if inner is not None:  # the inner folder opens to the same catalogue
-        assert open_dataset(layout, top / inner) == catalog
-    assert open_catalog(top, layout=layout) == catalog
+        assert open_catalog(top / inner, layout=layout) == catalog
+    assert LAYOUTS[layout].opener(top) == catalog
 
 
 def test_mlrsnet_multilabel(dataset: Callable[[str], Path]) -> None:
@@ -134,7 +134,7 @@ def test_mlrsnet_multilabel(dataset: Callable[[str], Path]) -> None:
     assert catalog.classes == tuple(MLRSNET_LABELS)  # the CSV header's order
     assert catalog.task == "multilabel"
     assert catalog.root == top  # shared with single-label mlrsnet, so are split paths
-    assert open_dataset("mlrsnet", top).root == top
+    assert open_catalog(top, layout="mlrsnet").root == top
     labels = {i.path.name: catalog.label_names(i) for i in catalog.items}
     assert len(labels) == 2 * PER_CLASS
     assert labels["airplane_00001.jpg"] == ["airplane", "bare soil"]
@@ -150,7 +150,7 @@ def test_mlrsnet_images_nested_one_level_deeper(dataset: Callable[[str], Path]) 
     nested.mkdir()
     for image in list(airplane.glob("*.jpg")):
         image.rename(nested / image.name)
-    catalog = open_dataset("mlrsnet-multilabel", top)
+    catalog = open_catalog(top, layout="mlrsnet-multilabel")
     assert len(catalog.items) == 2 * PER_CLASS
 
 
@@ -164,9 +164,28 @@ def test_fixed_class_list(dataset: Callable[[str], Path]) -> None:
 
 def test_openers_check_their_folder(dataset: Callable[[str], Path], tmp_path: Path) -> None:
     top = dataset("ucmerced")
-    assert open_ucmerced(top) == open_dataset("ucmerced", top / "Images")
+    assert open_ucmerced(top) == open_catalog(top / "Images", layout="ucmerced")
     with pytest.raises(DatasetError, match="missing does not exist; layout 'ucmerced'"):
         open_ucmerced(tmp_path / "missing")
+
+
+def test_detected_layouts_without_a_name(
+    dataset: Callable[[str], Path], tmp_path: Path, write_image: Callable[[Path, int], Path]
+) -> None:
+    assert list(DETECTED) == ["manifest", "bigearthnet", "class-folders"]  # the order tried
+    assert DETECTED.keys().isdisjoint(LAYOUTS)  # published layouts only by name
+    top = dataset("aid")
+    assert open_catalog(top) == open_catalog(top, layout="aid")  # class folders
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,labels\nAID/Beach/beach_1.jpg,Beach;Forest\n")
+    catalog = open_catalog(manifest)
+    assert catalog.task == "multilabel" and catalog.classes == ("Beach", "Forest")
+    patch = tmp_path / "ben" / "S2A_patch"
+    write_image(patch / "S2A_patch_B02.tif", 8)
+    (patch / "S2A_patch_labels_metadata.json").write_text('{"labels": ["Sea and ocean"]}')
+    assert open_catalog(tmp_path / "ben").items[0].path == patch  # not a class folder
+    with pytest.raises(DatasetError, match="missing does not exist; check the path"):
+        open_catalog(tmp_path / "missing")
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -183,7 +202,7 @@ def test_split_cli_is_stratified_seeded_and_complete(
     args = ["datasets", "split", layout, top, "--train-fraction", "0.8", "--train-fraction", "0.2"]
     result = run_cli(*args, "--seed", "0", "--out-dir", out)
     assert result.exit_code == 0, result.output
-    catalog = open_dataset(layout, top)
+    catalog = open_catalog(top, layout=layout)
     everything = {i.path.relative_to(catalog.root).as_posix() for i in catalog.items}
     for fraction in (0.8, 0.2):
         path = out / split_filename(layout, fraction, 0)
@@ -358,10 +377,10 @@ def test_split_refuses_to_overwrite(
 
 
 @pytest.mark.real_data
-def test_real_aid_opens_and_splits_20_80() -> None:
-    catalog: Catalog = open_dataset("aid", AID)
+def test_real_aid_opens_and_splits_20_80(aid_dir: Path) -> None:
+    catalog: Catalog = open_catalog(aid_dir, layout="aid")
     assert len(catalog.classes) == 30
-    assert len(catalog.items) == sum(1 for p in AID.rglob("*") if p.is_file())
+    assert len(catalog.items) == sum(1 for p in aid_dir.rglob("*") if p.is_file())
     split = stratified_split(catalog, 0.2, seed=0)
     for part in (split.train, split.test):
         assert {i.labels[0] for i in part.items} == set(range(30))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHARED_DATA, assert_one_line_error
+from helpers import assert_one_line_error
 from PIL import Image
 
 from rsscgeo.modelfile import (
@@ -61,16 +61,16 @@ class MeanColour(torch.nn.Module):
 
 def patch_networks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let ``load_model`` build :class:`MeanColour` for cards with architecture 'mean-colour'."""
-    import rsscgeo.backbones as backbones
+    import rsscgeo.networks as networks
 
-    real = backbones.create_network
+    real = networks.create_network
 
     def create(architecture: str, num_classes: int, in_chans: int) -> torch.nn.Module:
         if architecture == "mean-colour":
             return MeanColour(num_classes)
         return real(architecture, num_classes, in_chans)
 
-    monkeypatch.setattr(backbones, "create_network", create)
+    monkeypatch.setattr(networks, "create_network", create)
 
 
 def colour_card(calibrated: bool = True) -> ModelCard:
@@ -218,7 +218,7 @@ def test_without_class_map_coverage_is_reported_for_calibrated_cards(
 
 
 def test_whole_images_are_resized_to_the_patch_size(colour_setup) -> None:
-    from rsscgeo.data.catalog import open_catalog
+    from rsscgeo.data.layouts import open_catalog
     from rsscgeo.training.evaluate import patch_dataset
 
     _, data, _ = colour_setup
@@ -267,17 +267,20 @@ def _explicit_tta(model: torch.nn.Module, batch: torch.Tensor, temperature: floa
         return torch.stack([F.softmax(model(v) / temperature, dim=1) for v in views]).mean(0)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
-def test_tta_is_the_mean_over_the_8_dihedral_transforms_on_real_images() -> None:
-    from rsscgeo.data.catalog import open_catalog
+def test_tta_is_the_mean_over_the_8_dihedral_transforms_on_real_images(
+    shared_data: Path,
+) -> None:
     from rsscgeo.data.classmap import load_class_map, map_catalog
     from rsscgeo.data.images import read_image
+    from rsscgeo.data.layouts import open_catalog
     from rsscgeo.training.crossdomain import evaluate_with_class_map
     from rsscgeo.training.evaluate import patch_dataset, predict_probabilities
 
     loaded = load_model(BUNDLED_MODEL)
     card = loaded.card
-    full = open_catalog(SHARED_DATA / "ucm10")
+    full = open_catalog(shared_data / "ucm10")
     picked = {full.items[i].path for i in (0, 250, 420, 890)}  # 4 of the 10 classes
     mapped = map_catalog(full.subset(picked), load_class_map(UCM_CLASS_MAP), card.class_names)
     dataset = patch_dataset(card, mapped.catalog)
@@ -304,8 +307,8 @@ def test_tta_is_the_mean_over_the_8_dihedral_transforms_on_real_images() -> None
 
 
 def test_library_evaluation_takes_a_loaded_model(colour_setup) -> None:
-    from rsscgeo.data.catalog import open_catalog
     from rsscgeo.data.classmap import load_class_map, map_catalog
+    from rsscgeo.data.layouts import open_catalog
     from rsscgeo.training.crossdomain import evaluate_with_class_map
 
     _, data, class_map = colour_setup

@@ -9,10 +9,9 @@ from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt
 import pytest
-from conftest import AID, REPO
 
 from rsscgeo import load_model
-from rsscgeo.data.catalog import open_catalog
+from rsscgeo.data.layouts import open_catalog
 from rsscgeo.data.splits import read_split
 from rsscgeo.modelfile import BUNDLED_MODEL
 from rsscgeo.training.evaluate import evaluate_model
@@ -23,11 +22,11 @@ MODEL = BUNDLED_MODEL
 SPLIT = BUNDLED_MODEL.with_name("split.csv")
 
 
-def test_bundled_model_card() -> None:
+def test_bundled_model_card(aid_dir: Path) -> None:
     assert MODEL.stat().st_size <= 25 * 2**20
     card = load_model(MODEL).card
     assert card.architecture == "tf_efficientnet_lite0" and card.task == "multiclass"
-    assert card.class_names == sorted(p.name for p in AID.iterdir() if p.is_dir())
+    assert card.class_names == sorted(p.name for p in aid_dir.iterdir() if p.is_dir())
     assert len({c.color.lower() for c in card.classes}) == 30
     assert card.gsd == 2.0 and card.patch_size == 150 and card.bands == ["red", "green", "blue"]
     assert card.provenance.protocol == "finetune"
@@ -40,14 +39,16 @@ def test_bundled_model_card() -> None:
     assert sum(row.endswith(",val") for row in rows) == 565
 
 
-def test_bundled_model_is_accurate_on_held_out_images() -> None:
-    held_out = read_split(SPLIT, open_catalog(AID), "test")
+@pytest.mark.slow
+def test_bundled_model_is_accurate_on_held_out_images(aid_dir: Path) -> None:
+    held_out = read_split(SPLIT, open_catalog(aid_dir), "test")
     assert len(held_out.items) > 1000
     sample = held_out.subset({item.path for item in held_out.items[::12]})
     metrics = evaluate_model(load_model(MODEL), sample)
     assert metrics["overall_accuracy"] > 0.85, metrics["overall_accuracy"]
 
 
+@pytest.mark.slow
 def test_evaluate_cli_matches_class_folders_to_the_model_by_name(
     tmp_path: Path, aid_subset, run_cli
 ) -> None:
@@ -63,20 +64,27 @@ def test_evaluate_cli_matches_class_folders_to_the_model_by_name(
     assert "overall accuracy" in result.output
 
 
-def test_classify_images_example(capsys: pytest.CaptureFixture[str]) -> None:
-    images = [sorted((AID / name).glob("*.jpg"))[0] for name in ("Beach", "Forest")]
-    script = runpy.run_path(str(REPO / "examples" / "classify_images.py"))
+def test_classify_images_example(
+    capsys: pytest.CaptureFixture[str], aid_dir: Path, repo_root: Path
+) -> None:
+    images = [sorted((aid_dir / name).glob("*.jpg"))[0] for name in ("Beach", "Forest")]
+    script = runpy.run_path(str(repo_root / "examples" / "classify_images.py"))
     script["main"](images)
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == [f"{p.parent.name}/{p.name}" for p in images]
     assert all(line.count(",") == 2 for line in lines)
 
 
-NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+# Names only: collection needs the list, the test resolves it with the repo_root fixture.
+NOTEBOOKS = sorted(p.name for p in Path(__file__).parents[1].joinpath("notebooks").glob("*.ipynb"))
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs_top_to_bottom(notebook: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_top_to_bottom(
+    name: str, repo_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notebook = repo_root / "notebooks" / name
     matplotlib.use("Agg")
     plt.close("all")
     monkeypatch.chdir(notebook.parent)

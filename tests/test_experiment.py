@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import assert_one_line_error
-from helpers import TINY
+from helpers import TINY, assert_one_line_error
 from test_evaluate import (
     CLASS_MAP,
     COLOUR_CLASSES,

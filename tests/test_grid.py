@@ -32,6 +32,7 @@ grids = st.builds(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(grid=grids, per_side=st.integers(1, 20))
 def test_patches_cover_the_raster_on_its_pixel_grid(grid: PatchGrid, per_side: int) -> None:

@@ -9,14 +9,14 @@ import pytest
 import rasterio
 import rasterio.merge
 import torch
-from conftest import REPO, SCENES, write_raster
+from helpers import write_raster
 from rasterio.enums import Resampling
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from rsscgeo._torchgeo import MosaicDataset
-from rsscgeo.data.transforms import card_transform
 from rsscgeo.modelfile import BUNDLED_MODEL, LoadedModel, read_card
+from rsscgeo.predict import card_transform
 from rsscgeo.scene.inference import Preprocess, Scaling
 
 
@@ -79,8 +79,8 @@ def read(path: Path, bounds, res) -> tuple[np.ndarray, np.ndarray]:
     return image[:-1].numpy(), image[-1].numpy() > 0
 
 
-def test_windowed_read_matches_rasterio_merge_with_nodata_and_edges() -> None:
-    path = SCENES / "rasterio" / "RGB.byte.tif"  # uint8 with nodata 0 around the scene
+def test_windowed_read_matches_rasterio_merge_with_nodata_and_edges(scenes_dir: Path) -> None:
+    path = scenes_dir / "rasterio" / "RGB.byte.tif"  # uint8 with nodata 0 around the scene
     with rasterio.open(path) as src:
         b, res = src.bounds, src.res
     # A window hanging over the top-left corner of the file, on the file's pixel grid.
@@ -98,8 +98,8 @@ def test_windowed_read_matches_rasterio_merge_with_nodata_and_edges() -> None:
     assert not valid[:40].any() and not valid[:, :40].any()  # outside the file
 
 
-def test_decimated_read_keeps_the_mask(tmp_path: Path) -> None:
-    path = SCENES / "rasterio" / "RGB.byte.tif"
+def test_decimated_read_keeps_the_mask(tmp_path: Path, scenes_dir: Path) -> None:
+    path = scenes_dir / "rasterio" / "RGB.byte.tif"
     with rasterio.open(path) as src:
         b, res = src.bounds, (src.res[0] * 4, src.res[1] * 4)
     values, valid = read(path, (b.left, b.bottom, b.right, b.top), res)
@@ -131,7 +131,7 @@ def test_alpha_band_marks_invalid_pixels(tmp_path: Path) -> None:
     assert (values[:, valid] == 120).all()
 
 
-def test_tta_is_the_mean_of_the_8_dihedral_transforms() -> None:
+def test_tta_is_the_mean_of_the_8_dihedral_transforms(repo_root: Path) -> None:
     from rsscgeo.modelfile import Calibration, load_model
     from rsscgeo.predict import DIHEDRAL, dihedral, probabilities
     from rsscgeo.scene.inference import classify_patches, prepare_model
@@ -140,7 +140,7 @@ def test_tta_is_the_mean_of_the_8_dihedral_transforms() -> None:
     calibration = Calibration(temperature=1.7, uncertain_below=0.3, fitted_on="-", rule="-")
     card = bundled.card.model_copy(update={"calibration": calibration})
     loaded = prepare_model(LoadedModel(bundled.model, card), torch.device("cpu"))
-    with rasterio.open(REPO / "examples" / "scenes" / "naip_2020_rgbn.tif") as src:
+    with rasterio.open(repo_root / "examples" / "scenes" / "naip_2020_rgbn.tif") as src:
         image = torch.from_numpy(src.read([1, 2, 3], window=Window(300, 150, 450, 300)))
     # Six real patches, as cut_patches cuts them (a strided view of the chunk).
     patches = image.unfold(1, 150, 150).unfold(2, 150, 150).permute(1, 2, 0, 3, 4)

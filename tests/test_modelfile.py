@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import copy
 import json
+import math
 import pickle
 import struct
 from pathlib import Path
@@ -8,11 +10,23 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import assert_one_line_error
+from helpers import assert_one_line_error
+from safetensors.torch import save_file
 
 from rsscgeo import load_model
 from rsscgeo.errors import ModelFileError
-from rsscgeo.modelfile import CARD_KEY, ClassInfo, ModelCard, Provenance, read_card, save_model
+from rsscgeo.modelfile import (
+    BUNDLED_MODEL,
+    CARD_KEY,
+    ClassInfo,
+    LoadedModel,
+    ModelCard,
+    Provenance,
+    model_identity,
+    read_card,
+    read_weights,
+    save_model,
+)
 
 
 def _card(**changes: object) -> ModelCard:
@@ -128,3 +142,85 @@ def test_models_inspect_prints_the_card(model_file: tuple[Path, torch.nn.Module]
     assert card["architecture"] == "resnet18"
     assert [c["name"] for c in card["classes"]] == ["a", "b", "c"]
     assert card["gsd"] == 2.0
+
+
+# --- identity -------------------------------------------------------------------------------
+
+
+def test_identity_is_the_same_for_two_loads_of_the_bundled_model() -> None:
+    first, second = load_model(BUNDLED_MODEL), load_model(BUNDLED_MODEL)
+    assert first.model is not second.model
+    assert first.identity == second.identity
+    assert len(first.identity) == 64 and int(first.identity, 16) >= 0
+    # Built in memory from the same weights and card: the same identity.
+    assert model_identity(first.model, first.card) == first.identity
+
+
+def test_identity_changes_with_one_weight() -> None:
+    loaded = load_model(BUNDLED_MODEL)
+    before = loaded.identity
+    net = copy.deepcopy(loaded.model)
+    with torch.no_grad():
+        next(net.parameters()).view(-1)[0] += 1e-3
+    assert LoadedModel(model=net, card=loaded.card).identity != before
+    assert loaded.identity == before  # the original is untouched
+
+
+def test_identity_changes_with_the_card() -> None:
+    loaded = load_model(BUNDLED_MODEL)
+    assert loaded.card.calibration is not None
+    calibration = loaded.card.calibration.model_copy(
+        update={"temperature": loaded.card.temperature * 1.01}
+    )
+    card = loaded.card.model_copy(update={"calibration": calibration})
+    assert LoadedModel(model=loaded.model, card=card).identity != loaded.identity
+
+
+def test_identity_matches_between_memory_and_file(tmp_path: Path) -> None:
+    net, card = timm.create_model("resnet18", num_classes=3).eval(), _card()
+    path = save_model(tmp_path / "m.safetensors", net, card)
+    assert model_identity(net, card) == load_model(path).identity
+    assert model_identity(net, _card(gsd=3.0)) != load_model(path).identity
+
+
+# --- cards that must be refused -------------------------------------------------------------
+
+SCENE = ("rasterio", "RGB.byte.tif")  # in the scenes_dir fixture
+
+
+def _bad_card_file(tmp_path: Path, **changes: object) -> Path:
+    """The bundled model with ``changes`` written into its card (JSON, NaN allowed)."""
+    weights, _ = read_weights(BUNDLED_MODEL)
+    card = json.loads(read_card(BUNDLED_MODEL).model_dump_json())
+    card.update(changes)
+    path = tmp_path / "bad card.safetensors"
+    save_file(weights, str(path), metadata={CARD_KEY: json.dumps(card)})
+    return path
+
+
+BAD_CARDS = {
+    "std-nan": ({"std": [math.nan, 0.5, 0.5]}, ("std.0", "finite number")),
+    "std-inf": ({"std": [0.5, math.inf, 0.5]}, ("std.1", "finite number")),
+    "std-zero": ({"std": [0.5, 0.0, 0.5]}, ("std.1", "greater than 0")),
+    "mean-nan": ({"mean": [0.5, 0.5, math.nan]}, ("mean.2", "finite number")),
+    "classes-empty": ({"classes": []}, ("classes", "class list is empty", "at least 2")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CARDS))
+def test_bad_card_values_are_refused(tmp_path: Path, name: str, run_cli, scenes_dir: Path) -> None:
+    changes, needles = BAD_CARDS[name]
+    path = _bad_card_file(tmp_path, **changes)
+    with pytest.raises(ModelFileError, match="invalid model card"):
+        read_card(path)
+    out = tmp_path / "x.gpkg"
+    for args in (
+        ("models", "inspect", path),
+        ("classify", scenes_dir.joinpath(*SCENE), "--model", path, "--out", out),
+    ):
+        result = run_cli(*args)
+        assert result.exit_code == 1, result.output
+        assert_one_line_error(result, "bad card.safetensors", "invalid model card", *needles)
+        assert "\n" not in result.output.strip(), result.output
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad card.safetensors"]

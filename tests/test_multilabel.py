@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import BIGEARTHNET_S2
 from helpers import write_config
 
 from rsscgeo import load_model
-from rsscgeo.data.catalog import open_catalog
+from rsscgeo.data.layouts import open_catalog
 from rsscgeo.training.config import load_config
 from rsscgeo.training.run import train
 
@@ -45,16 +44,16 @@ def _evaluate_all(model: Path, manifest: Path) -> float:
     return float(evaluate_model(load_model(model), open_catalog(manifest))["micro_f1"])
 
 
-def test_bigearthnet_rgb_multilabel(tmp_path: Path) -> None:
-    catalog = open_catalog(BIGEARTHNET_S2)
+def test_bigearthnet_rgb_multilabel(tmp_path: Path, bigearthnet_s2: Path) -> None:
+    catalog = open_catalog(bigearthnet_s2)
     assert catalog.task == "multilabel" and len(catalog.items) == 6
     assert all(1 <= len(item.labels) <= 5 for item in catalog.items)
     config = write_config(
         tmp_path / "c.yaml",
-        BIGEARTHNET_S2,
+        bigearthnet_s2,
         # Sentinel-2 L2A reflectance is stored x10000; true colour rarely exceeds 0.3.
         data={
-            "path": str(BIGEARTHNET_S2),
+            "path": str(bigearthnet_s2),
             "input_scale": 3000.0,
             "gsd": 10.0,
             "train_fraction": 0.5,

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import geopandas as gpd
 import pytest
-from conftest import SCENES
 from PIL import Image
 
 from rsscgeo import load_model
@@ -51,14 +50,14 @@ def probe(tmp_path: Path, gpkg: Path, tif: Path, png: Path) -> tuple[dict, str]:
 
 
 @pytest.mark.parametrize(
-    "scene",
-    [
-        SCENES / "opengeos" / "naip_m_4709963_se_14_1_20200831.tif",
-        SCENES / "rasterio" / "cogeo.tif",
-    ],
-    ids=lambda p: p.stem,
+    "scene_name",
+    [("opengeos", "naip_m_4709963_se_14_1_20200831.tif"), ("rasterio", "cogeo.tif")],
+    ids=lambda parts: Path(parts[-1]).stem,
 )
-def test_outputs_open_styled_in_qgis(tmp_path: Path, run_cli, pyqgis: None, scene: Path) -> None:
+def test_outputs_open_styled_in_qgis(
+    tmp_path: Path, run_cli, pyqgis: None, scenes_dir: Path, scene_name: tuple[str, str]
+) -> None:
+    scene = scenes_dir.joinpath(*scene_name)
     gpkg, tif, png = tmp_path / "labels.gpkg", tmp_path / "labels.tif", tmp_path / "map.png"
     assert run_cli("classify", scene, "--out", gpkg, "--out", tif).exit_code == 0
     report, stderr = probe(tmp_path, gpkg, tif, png)
@@ -89,20 +88,21 @@ def test_outputs_open_styled_in_qgis(tmp_path: Path, run_cli, pyqgis: None, scen
 
 
 @pytest.fixture(scope="module")
-def calibrated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
-    from test_uncertain import write_calibrated_model
+def calibrated(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> tuple[Path, float]:
+    from test_uncertain import SCENE, write_calibrated_model
 
-    return write_calibrated_model(tmp_path_factory.mktemp("model"))
+    return write_calibrated_model(tmp_path_factory.mktemp("model"), repo_root / SCENE)
 
 
 def test_uncertain_is_a_grey_category_in_qgis(
-    tmp_path: Path, run_cli, pyqgis: None, calibrated: tuple[Path, float]
+    tmp_path: Path, run_cli, pyqgis: None, calibrated: tuple[Path, float], repo_root: Path
 ) -> None:
     from test_uncertain import SCENE
 
+    scene = repo_root / SCENE
     model, _ = calibrated
     gpkg, tif, png = tmp_path / "labels.gpkg", tmp_path / "labels.tif", tmp_path / "map.png"
-    result = run_cli("classify", SCENE, "--model", model, "--out", gpkg, "--out", tif)
+    result = run_cli("classify", scene, "--model", model, "--out", gpkg, "--out", tif)
     assert result.exit_code == 0, result.output
     frame = gpd.read_file(gpkg, layer="labels")
     assert 0 < (frame["class_name"] == "Uncertain").sum() < len(frame)
@@ -120,3 +120,27 @@ def test_uncertain_is_a_grey_category_in_qgis(
     assert report["raster_labels"][:30] == card.class_names
     rendered = {rgb for _, rgb in Image.open(png).convert("RGB").getcolors(maxcolors=1 << 20)}
     assert tuple(int(grey[i : i + 2], 16) for i in (1, 3, 5)) in rendered
+
+
+def test_class_names_with_xml_characters_are_qgis_categories(
+    tmp_path: Path, run_cli, pyqgis: None, scenes_dir: Path
+) -> None:
+    from test_classify import CASES, naip_part, write_special_names_model
+
+    model = write_special_names_model(tmp_path)
+    names = load_model(model).card.class_names
+    assert all(c in names[0] for c in "<&\"'>")
+    scene = naip_part(scenes_dir.joinpath(*CASES["naip_rgbn"]), tmp_path)
+    gpkg, tif, png = tmp_path / "labels.gpkg", tmp_path / "labels.tif", tmp_path / "map.png"
+    args = ("--bands", "1,2,3", "--gsd", "5", "--uncertain-below", "0")
+    result = run_cli("classify", scene, "--model", model, "--out", gpkg, "--out", tif, *args)
+    assert result.exit_code == 0, result.output
+    report, _ = probe(tmp_path, gpkg, tif, png)
+    # QGIS loaded the layer's default style from layer_styles: one category per class,
+    # its value and its legend label the exact name.
+    assert report["vector_valid"] and report["raster_valid"]
+    assert report["renderer"] == "categorizedSymbol"
+    assert report["categories"] == names
+    assert report["category_labels"] == names
+    assert report["raster_labels"][: len(names)] == names  # from the .tif.aux.xml
+    assert report["features"] == 6

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from helpers import write_config
 
 from rsscgeo import load_model
-from rsscgeo.data.catalog import open_catalog
+from rsscgeo.data.layouts import open_catalog
 from rsscgeo.data.splits import hold_out_validation, read_split, stratified_split, write_split
 from rsscgeo.data.transforms import AugmentConfig, TransformConfig, build_transform
 from rsscgeo.errors import ConfigError
@@ -181,7 +181,7 @@ def test_ssl_stage_runs_a_step_on_real_aid_tiles_and_chains(tmp_path: Path, aid_
     [stage] = card.provenance.stages
     assert stage.objective.startswith("self-supervised SimCLR") and str(SCENE) in stage.dataset
     # The SSL stage changed the ImageNet backbone, and the target started from it.
-    from rsscgeo.backbones import offline_imagenet_state
+    from rsscgeo.inits import offline_imagenet_state
 
     imagenet = offline_imagenet_state("tf_efficientnet_lite0")
     assert not torch.equal(backbone["conv_stem.weight"], imagenet["conv_stem.weight"])

@@ -8,11 +8,11 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-from conftest import assert_one_line_error, write_raster
+from helpers import assert_one_line_error, write_raster
 from rasterio.transform import from_origin
 from shapely.geometry import box
 
-from rsscgeo.data.catalog import open_catalog
+from rsscgeo.data.layouts import open_catalog
 
 ORIGIN_X, ORIGIN_Y, RES = 500000.0, 4200000.0, 2.0
 

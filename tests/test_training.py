@@ -60,7 +60,7 @@ def test_linear_caches_features_and_matches_saved_model(tmp_path: Path, aid_subs
     cache = result.out_dir / "features.safetensors"
     assert cache.is_file()
     # The saved full network reproduces the head-on-cached-features accuracy.
-    from rsscgeo.data.catalog import open_catalog
+    from rsscgeo.data.layouts import open_catalog
     from rsscgeo.data.splits import read_split
     from rsscgeo.training.evaluate import evaluate_model
 
@@ -68,7 +68,7 @@ def test_linear_caches_features_and_matches_saved_model(tmp_path: Path, aid_subs
     again = evaluate_model(load_model(result.model_path), test)
     assert again["overall_accuracy"] == pytest.approx(metrics["overall_accuracy"], abs=1e-6)
     # Frozen backbone: identical to the ImageNet weights it started from.
-    from rsscgeo.backbones import offline_imagenet_state
+    from rsscgeo.inits import offline_imagenet_state
 
     saved = load_model(result.model_path).model.state_dict()
     imagenet = offline_imagenet_state("tf_efficientnet_lite0")

@@ -10,15 +10,15 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-from conftest import REPO, assert_one_line_error
+from helpers import assert_one_line_error
 
 import rsscgeo
 from rsscgeo import load_model
-from rsscgeo.errors import SceneError
+from rsscgeo.errors import OptionError, SceneError
 from rsscgeo.modelfile import BUNDLED_MODEL, Calibration, LoadedModel, ModelCard, save_model
 from rsscgeo.scene.legend import UNCERTAIN_GREYS, Legend
 
-SCENE = REPO / "examples" / "scenes" / "naip_2020_rgbn.tif"
+SCENE = Path("examples", "scenes", "naip_2020_rgbn.tif")  # in the repository
 TEMPERATURE = 2.0
 
 
@@ -31,7 +31,7 @@ def calibration(uncertain_below: float) -> Calibration:
     )
 
 
-def write_calibrated_model(folder: Path) -> tuple[Path, float]:
+def write_calibrated_model(folder: Path, scene: Path) -> tuple[Path, float]:
     """The bundled model with a calibration whose threshold splits the scene's patches.
 
     Returns:
@@ -41,7 +41,7 @@ def write_calibrated_model(folder: Path) -> tuple[Path, float]:
     """
     bundled = load_model(BUNDLED_MODEL)
     card = bundled.card.model_copy(update={"calibration": calibration(0.0)})
-    data = rsscgeo.patch_dataset([SCENE], LoadedModel(bundled.model, card)).compute()
+    data = rsscgeo.patch_dataset([scene], LoadedModel(bundled.model, card)).compute()
     scores = np.sort(data.score.values[data.class_id.values >= 0])
     middle = np.arange(len(scores) // 4, 3 * len(scores) // 4) + 1
     gap = middle[np.argmax(scores[middle] - scores[middle - 1])]
@@ -51,8 +51,14 @@ def write_calibrated_model(folder: Path) -> tuple[Path, float]:
 
 
 @pytest.fixture(scope="module")
-def calibrated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
-    return write_calibrated_model(tmp_path_factory.mktemp("model"))
+def scene(repo_root: Path) -> Path:
+    """The bundled NAIP scene (934 x 723 px, 5 m)."""
+    return repo_root / SCENE
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory: pytest.TempPathFactory, scene: Path) -> tuple[Path, float]:
+    return write_calibrated_model(tmp_path_factory.mktemp("model"), scene)
 
 
 def qml_categories(qml: str) -> dict[str, tuple[int, ...]]:
@@ -65,17 +71,22 @@ def qml_categories(qml: str) -> dict[str, tuple[int, ...]]:
     return {c.get("value"): colors[c.get("symbol")] for c in root.iter("category")}
 
 
-def classify(run_cli, model: Path, folder: Path, *args: object) -> tuple[str, Path, Path]:
+def classify(
+    run_cli, scene: Path, model: Path, folder: Path, *args: object
+) -> tuple[str, Path, Path]:
     gpkg, tif = folder / "labels.gpkg", folder / "labels.tif"
-    result = run_cli("classify", SCENE, "--model", model, "--out", gpkg, "--out", tif, *args)
+    result = run_cli("classify", scene, "--model", model, "--out", gpkg, "--out", tif, *args)
     assert result.exit_code == 0, result.output
     return result.output, gpkg, tif
 
 
-def test_uncertain_patches_in_every_output(tmp_path: Path, run_cli, calibrated) -> None:
+@pytest.mark.slow
+def test_uncertain_patches_in_every_output(
+    tmp_path: Path, run_cli, calibrated, scene: Path
+) -> None:
     model, threshold = calibrated
     card = load_model(model).card
-    output, gpkg, tif = classify(run_cli, model, tmp_path)
+    output, gpkg, tif = classify(run_cli, scene, model, tmp_path)
     frame = gpd.read_file(gpkg, layer="labels")
     p_cols = [f"p_{n}" for n in card.class_names]
     probs = frame[p_cols].to_numpy()
@@ -122,13 +133,14 @@ def test_uncertain_patches_in_every_output(tmp_path: Path, run_cli, calibrated) 
         assert styled["Uncertain"] == grey
 
 
+@pytest.mark.slow
 def test_probabilities_are_calibrated_by_the_card_temperature(
-    tmp_path: Path, run_cli, calibrated
+    tmp_path: Path, run_cli, calibrated, scene: Path
 ) -> None:
     model, _ = calibrated
     gpkg = tmp_path / "plain.gpkg"
-    assert run_cli("classify", SCENE, "--out", gpkg).exit_code == 0  # the bundled model
-    _, calibrated_gpkg, _ = classify(run_cli, model, tmp_path)
+    assert run_cli("classify", scene, "--out", gpkg).exit_code == 0  # the bundled model
+    _, calibrated_gpkg, _ = classify(run_cli, scene, model, tmp_path)
     card = load_model(model).card
     p_cols = [f"p_{n}" for n in card.class_names]
     plain = gpd.read_file(gpkg, layer="plain")[p_cols].to_numpy(np.float64)
@@ -141,11 +153,12 @@ def test_probabilities_are_calibrated_by_the_card_temperature(
     assert np.abs(scaled - plain).max() > 0.05
 
 
+@pytest.mark.slow
 def test_uncertain_below_overrides_the_card_and_zero_disables_it(
-    tmp_path: Path, run_cli, calibrated
+    tmp_path: Path, run_cli, calibrated, scene: Path
 ) -> None:
     model, threshold = calibrated
-    output, gpkg, tif = classify(run_cli, model, tmp_path, "--uncertain-below", 0)
+    output, gpkg, tif = classify(run_cli, scene, model, tmp_path, "--uncertain-below", 0)
     frame = gpd.read_file(gpkg, layer="labels")
     assert "Uncertain" not in set(frame["class_name"]) and (frame["class_id"] >= 0).all()
     assert (frame["score"] < threshold).any()  # would have been Uncertain by the card
@@ -156,18 +169,21 @@ def test_uncertain_below_overrides_the_card_and_zero_disables_it(
     assert "Uncertain: off (--uncertain-below 0)" in output
 
     higher = float(np.quantile(frame["score"], 0.9))
-    output, gpkg, _ = classify(run_cli, model, tmp_path, "--uncertain-below", higher, "--overwrite")
+    output, gpkg, _ = classify(
+        run_cli, scene, model, tmp_path, "--uncertain-below", higher, "--overwrite"
+    )
     frame = gpd.read_file(gpkg, layer="labels")
     np.testing.assert_array_equal(frame["class_name"] == "Uncertain", frame["score"] < higher)
     assert f"below {higher:g} from --uncertain-below" in output
 
 
+@pytest.mark.slow
 def test_patch_dataset_flags_the_uncertain_patches_of_the_geotiff(
-    tmp_path: Path, run_cli, calibrated
+    tmp_path: Path, run_cli, calibrated, scene: Path
 ) -> None:
     model, threshold = calibrated
-    _, _, tif = classify(run_cli, model, tmp_path)
-    data = rsscgeo.patch_dataset([SCENE], load_model(model)).compute()
+    _, _, tif = classify(run_cli, scene, model, tmp_path)
+    data = rsscgeo.patch_dataset([scene], load_model(model)).compute()
     with rasterio.open(tif) as src:
         classes = src.read(1)
     assert data.attrs["uncertain_below"] == threshold
@@ -180,27 +196,31 @@ def test_patch_dataset_flags_the_uncertain_patches_of_the_geotiff(
 
 @pytest.mark.parametrize("value", ["1.5", "-0.1"])
 def test_uncertain_below_outside_0_1_is_a_one_line_error(
-    tmp_path: Path, run_cli, value: str
+    tmp_path: Path, run_cli, value: str, scene: Path
 ) -> None:
     out = tmp_path / "o.gpkg"
-    result = run_cli("classify", SCENE, "--out", out, "--uncertain-below", value)
+    result = run_cli("classify", scene, "--out", out, "--uncertain-below", value)
     assert_one_line_error(result, "--uncertain-below", value)
     assert not out.exists()
-    with pytest.raises(SceneError, match="not a probability"):
-        rsscgeo.classify_scene([SCENE], load_model(BUNDLED_MODEL), gpkg=out, uncertain_below=1.5)
+    with pytest.raises(OptionError, match=r"within 0\.\.1"):
+        rsscgeo.ClassifyOptions(uncertain_below=1.5)
 
 
 def _card(**update: object) -> ModelCard:
     return load_model(BUNDLED_MODEL).card.model_copy(update=update)
 
 
-def test_a_class_named_uncertain_is_refused_while_uncertain_is_on(tmp_path: Path) -> None:
+def test_a_class_named_uncertain_is_refused_while_uncertain_is_on(
+    tmp_path: Path, scene: Path
+) -> None:
     card = _card(calibration=calibration(0.4))
     classes = [card.classes[0].model_copy(update={"name": "uncertain"}), *card.classes[1:]]
     card = card.model_copy(update={"classes": classes})
     loaded = LoadedModel(load_model(BUNDLED_MODEL).model, card)
-    with pytest.raises(SceneError, match=r"class named 'uncertain'.*--uncertain-below 0"):
-        rsscgeo.classify_scene([SCENE], loaded, gpkg=tmp_path / "o.gpkg")
+    outputs = rsscgeo.ClassifyOutputs(gpkg=tmp_path / "o.gpkg")
+    with pytest.raises(SceneError, match=r"class named 'uncertain'.*uncertain_below=0") as caught:
+        rsscgeo.plan_scene([scene], loaded, rsscgeo.ClassifyOptions(), outputs)
+    assert "--uncertain-below 0" in caught.value.cli_message()
     assert list(tmp_path.iterdir()) == []
     assert [e.name for e in Legend.for_card(card, 0).entries] == card.class_names
 

@@ -21,11 +21,11 @@ from pathlib import Path
 
 from torchvision.transforms import v2
 
-from rsscgeo.data.catalog import open_catalog
 from rsscgeo.data.classmap import load_class_map, map_catalog
-from rsscgeo.data.dataset import TileDataset
-from rsscgeo.data.transforms import card_transform
+from rsscgeo.data.layouts import open_catalog
+from rsscgeo.data.torch_dataset import TileDataset
 from rsscgeo.modelfile import load_model
+from rsscgeo.predict import card_transform
 from rsscgeo.training.crossdomain import score_mapped
 from rsscgeo.training.evaluate import predict_probabilities
 

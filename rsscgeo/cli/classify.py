@@ -1,4 +1,8 @@
-"""``rsscgeo classify``: classify large GeoTIFF scenes into map layers."""
+"""``rsscgeo classify``: classify large GeoTIFF scenes into map layers.
+
+Every job is planned (scene, bands, GSD, outputs checked) before a Dask cluster is
+started or reached, so bad input fails in one line before anything starts.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +11,29 @@ from typing import TYPE_CHECKING
 
 import click
 
-from rsscgeo.cli.options import tta_option
+from rsscgeo.cli.options import classify_options
 
 if TYPE_CHECKING:  # the CLI imports the engine lazily, so --help stays fast
     from rsscgeo.scene.classify import ClassifySummary
+    from rsscgeo.scene.options import ClassifyOptions, ClassifyOutputs
 
-
-def _bands(value: str | None) -> list[int] | None:
-    if value is None:
-        return None
-    try:
-        return [int(v) for v in value.split(",")]
-    except ValueError:
-        raise click.BadParameter(
-            "give 1-based band numbers separated by commas, e.g. 1,2,3"
-        ) from None
+# A job: the scenes of one mosaic and where its results go.
+Job = tuple[list[Path], "ClassifyOutputs"]
 
 
 @click.command()
-@click.argument("scenes", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("scenes", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--out",
     "outputs",
     multiple=True,
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=click.Path(path_type=Path),
     help="labels.gpkg (polygons) and/or labels.tif (raster); repeat for both. The SCENES "
     "form one mosaic.",
 )
 @click.option(
     "--out-dir",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=click.Path(path_type=Path),
     help="Classify each scene separately into DIR/<scene name>.gpkg / .tif (see --format).",
 )
 @click.option(
@@ -51,29 +48,7 @@ def _bands(value: str | None) -> list[int] | None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Model file [default: bundled].",
 )
-@click.option("--patch-size", type=click.IntRange(min=8), help="Patch side, px [default: card].")
-@click.option(
-    "--stride", type=click.IntRange(min=1), help="Step between patches, px [default: patch size]."
-)
-@click.option("--bands", help="Scene bands in the model's order, e.g. 1,2,3.")
-@click.option(
-    "--gsd",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Read at this resolution (CRS units/px).",
-)
-@click.option(
-    "--min-valid",
-    type=click.FloatRange(0, 1),
-    default=0.5,
-    show_default=True,
-    help="Skip patches with less valid data than this fraction.",
-)
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option(
-    "--chunk-size",
-    type=click.IntRange(min=1),
-    help="Pixels per side of each read/task, in whole patches [default: 2048].",
-)
+@classify_options
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
@@ -91,21 +66,16 @@ def _bands(value: str | None) -> list[int] | None:
 @click.option(
     "--device", default="auto", show_default=True, help="auto (GPU when present), cpu or cuda[:i]."
 )
-@click.option("--probabilities", is_flag=True, help="GeoTIFF: add one probability band per class.")
-@click.option(
-    "--uncertain-below",
-    type=click.FloatRange(0, 1),
-    metavar="P",
-    help="Map patches whose calibrated top-1 probability is below P as Uncertain; 0 "
-    "disables it [default: the model card's calibration, else 0].",
-)
-@tta_option
 @click.option(
     "--preview",
     type=click.Path(path_type=Path, dir_okay=False),
     help="Also draw the (first) scene beside its class map into this PNG; needs a .tif --out.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace existing outputs (and start over if a journal belongs to another run).",
+)
 @click.option(
     "--resume",
     is_flag=True,
@@ -117,20 +87,11 @@ def classify(
     out_dir: Path | None,
     formats: tuple[str, ...],
     model: Path | None,
-    patch_size: int | None,
-    stride: int | None,
-    bands: str | None,
-    gsd: float | None,
-    min_valid: float,
-    batch_size: int,
-    chunk_size: int | None,
+    options: ClassifyOptions,
     workers: int | None,
     processes: bool,
     scheduler: str | None,
     device: str,
-    probabilities: bool,
-    uncertain_below: float | None,
-    tta: bool,
     preview: Path | None,
     overwrite: bool,
     resume: bool,
@@ -138,98 +99,96 @@ def classify(
     """Classify SCENES patch by patch into map layers.
 
     With --out the SCENES form one mosaic; with --out-dir each is classified on its own.
+    Ctrl-C or SIGTERM stops the run, keeping its journal: rerun with --resume.
     """
     from rsscgeo.modelfile import BUNDLED_MODEL, load_model
-    from rsscgeo.scene.classify import classify_scene
+    from rsscgeo.scene.classify import run_plan
     from rsscgeo.scene.engine import open_engine
+    from rsscgeo.scene.plan import plan_scene
 
-    jobs = _jobs(list(scenes), outputs, out_dir, formats)
+    jobs = _jobs(list(scenes), outputs, out_dir, formats, overwrite=overwrite, resume=resume)
     if preview is not None:
         _check_preview(preview, jobs)
     loaded = load_model(model or BUNDLED_MODEL)
+    plans = []
+    for job_scenes, job_outputs in jobs:
+        if len(jobs) > 1:
+            click.echo(f"{job_scenes[0]}:", err=True)
+        plans.append(plan_scene(job_scenes, loaded, options, job_outputs, say=_say))
     with open_engine(scheduler, workers=workers, processes=processes, device=device) as engine:
-        for job_scenes, gpkg, geotiff in jobs:
-            if len(jobs) > 1:
-                click.echo(f"{job_scenes[0]}:", err=True)
-            summary = classify_scene(
-                job_scenes,
-                loaded,
-                gpkg=gpkg,
-                geotiff=geotiff,
-                patch_size=patch_size,
-                stride=stride,
-                bands=_bands(bands),
-                gsd=gsd,
-                min_valid=min_valid,
-                batch_size=batch_size,
-                chunk_pixels=chunk_size,
-                engine=engine,
-                probabilities=probabilities,
-                tta=tta,
-                uncertain_below=uncertain_below,
-                overwrite=overwrite,
-                resume=resume,
-                model_path=model or BUNDLED_MODEL,
-                say=lambda line: click.echo(line, err=True),
-            )
-            _report(summary, min_valid)
-            if preview is not None and geotiff is not None:
-                from rsscgeo.scene.preview import draw_map
+        for plan in plans:
+            if len(plans) > 1:
+                click.echo(f"{plan.reader.paths[0]}:", err=True)
+            _report(run_plan(plan, engine, say=_say), options.min_valid)
+    if preview is not None:
+        from rsscgeo.scene.preview import draw_map
 
-                draw_map(job_scenes[0], geotiff, loaded.card, preview, title=job_scenes[0].name)
-                click.echo(f"wrote {preview}")
+        [(job_scenes, job_outputs)] = jobs
+        assert job_outputs.geotiff is not None
+        draw_map(job_scenes[0], job_outputs.geotiff, loaded.card, preview, title=job_scenes[0].name)
+        click.echo(f"wrote {preview}")
 
 
-def _check_preview(preview: Path, jobs: list[tuple[list[Path], Path | None, Path | None]]) -> None:
+def _say(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def _check_preview(preview: Path, jobs: list[Job]) -> None:
     """Refuse a preview that cannot be drawn, before any work."""
-    from rsscgeo.errors import SceneError
+    from rsscgeo.errors import OptionError
     from rsscgeo.outputs import check_output_folder
 
-    if len(jobs) != 1 or jobs[0][2] is None:
-        raise SceneError(
+    if len(jobs) != 1 or jobs[0][1].geotiff is None:
+        raise OptionError(
             "--preview draws the class map of one GeoTIFF output: add --out NAME.tif "
             "(with --out, not --out-dir)."
         )
     if preview.suffix.lower() != ".png":
-        raise SceneError(f"--preview writes a PNG; name it *.png, not {preview.name}.")
+        raise OptionError(f"--preview writes a PNG; name it *.png, not {preview.name}.")
     check_output_folder(preview.parent, "--preview", create=False)
 
 
 def _jobs(
-    scenes: list[Path], outputs: tuple[Path, ...], out_dir: Path | None, formats: tuple[str, ...]
-) -> list[tuple[list[Path], Path | None, Path | None]]:
-    """(scenes, gpkg, geotiff) per run: one mosaic for --out, one per scene for --out-dir."""
-    from rsscgeo.errors import SceneError
+    scenes: list[Path],
+    outputs: tuple[Path, ...],
+    out_dir: Path | None,
+    formats: tuple[str, ...],
+    *,
+    overwrite: bool,
+    resume: bool,
+) -> list[Job]:
+    """One mosaic for --out, one job per scene for --out-dir."""
+    from rsscgeo.errors import OptionError
+    from rsscgeo.scene.options import ClassifyOutputs
 
     if bool(outputs) == (out_dir is not None):
-        raise SceneError(
+        raise OptionError(
             "give either --out (the scenes form one mosaic) or --out-dir (one output set per "
             "scene)."
         )
     if formats and out_dir is None:
-        raise SceneError("--format goes with --out-dir; with --out the suffix picks the format.")
+        raise OptionError("--format goes with --out-dir; with --out the suffix picks the format.")
     if out_dir is None:
-        by_suffix = {p.suffix.lower(): p for p in outputs}
-        unknown = set(by_suffix) - {".gpkg", ".tif", ".tiff"}
-        if unknown:
-            raise SceneError(f"--out must end in .gpkg or .tif, not {sorted(unknown)[0]}.")
-        geotiff = by_suffix.get(".tif") or by_suffix.get(".tiff")
-        return [(scenes, by_suffix.get(".gpkg"), geotiff)]
+        return [(scenes, ClassifyOutputs.from_paths(outputs, overwrite=overwrite, resume=resume))]
     if not out_dir.is_dir():
-        raise SceneError(f"output folder {out_dir} does not exist; create it first.")
+        state = "is a file, not a folder" if out_dir.exists() else "does not exist"
+        raise OptionError(f"--out-dir {out_dir} {state}; create the folder first.")
     stems = [p.stem for p in scenes]
     twice = sorted({s for s in stems if stems.count(s) > 1})
     if twice:
-        raise SceneError(
+        raise OptionError(
             f"two scenes are named {twice[0]}; --out-dir names outputs after the scene, so "
             "rename one or run them separately."
         )
-    wanted = set(formats or ("gpkg",))
+    suffixes = [f".{f}" for f in formats or ("gpkg",)]
     return [
         (
             [scene],
-            out_dir / f"{scene.stem}.gpkg" if "gpkg" in wanted else None,
-            out_dir / f"{scene.stem}.tif" if "tif" in wanted else None,
+            ClassifyOutputs.from_paths(
+                [out_dir / f"{scene.stem}{suffix}" for suffix in suffixes],
+                overwrite=overwrite,
+                resume=resume,
+            ),
         )
         for scene in scenes
     ]

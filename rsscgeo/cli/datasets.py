@@ -14,8 +14,12 @@ def datasets() -> None:
 
 @datasets.command("list")
 def list_layouts() -> None:
-    """Print the known layouts with their class counts and folder layout."""
-    from rsscgeo.data.datasets import LAYOUTS
+    """Print the published layouts with their class counts and folder layout.
+
+    Not listed, as they need no name: without a layout, a path,labels CSV manifest,
+    BigEarthNet patch folders and a class-folder tree are detected.
+    """
+    from rsscgeo.data.layouts import LAYOUTS
 
     for layout in LAYOUTS.values():
         unit = "labels" if layout.task == "multilabel" else "classes"
@@ -58,7 +62,7 @@ def split(
     One CSV per --train-fraction, named <layout>_train<percent>_seed<seed>.csv. A run
     reuses it with data.split_file, data.path ROOT and data.layout LAYOUT.
     """
-    from rsscgeo.data.datasets import get_layout, open_dataset, split_filename
+    from rsscgeo.data.layouts import get_layout, open_catalog, split_filename
     from rsscgeo.data.splits import stratified_split, write_split
     from rsscgeo.errors import OutputExistsError
     from rsscgeo.outputs import check_output_folder
@@ -69,7 +73,7 @@ def split(
     existing = [path for path in targets.values() if path.exists()]
     if existing and not overwrite:
         raise OutputExistsError(f"{existing[0]} exists; pass --overwrite to replace it.")
-    catalog = open_dataset(layout, root)
+    catalog = open_catalog(root, layout=layout)
     out_dir.mkdir(parents=True, exist_ok=True)
     for fraction, path in targets.items():
         parts = stratified_split(catalog, fraction, seed)

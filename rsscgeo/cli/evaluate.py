@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from rsscgeo.cli.options import json_option, model_argument, workers_option
+from rsscgeo.cli.options import batch_size_option, json_option, model_argument, workers_option
 
 if TYPE_CHECKING:  # the CLI imports the library lazily, so --help stays fast
     from rsscgeo.data.catalog import Catalog
@@ -57,7 +57,7 @@ def _default_tta() -> bool:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Write the risk-coverage curve (accuracy of the most confident images) as a PNG.",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@batch_size_option
 @workers_option
 def evaluate(
     model: Path,
@@ -81,7 +81,7 @@ def evaluate(
     trained on AID): each image is resized whole to the model's patch size and counts
     as correct when the top-1 class is one the map accepts for its folder.
     """
-    from rsscgeo.data.catalog import open_catalog
+    from rsscgeo.data.layouts import open_catalog
     from rsscgeo.data.splits import read_split
     from rsscgeo.modelfile import load_model
     from rsscgeo.outputs import check_output_folder

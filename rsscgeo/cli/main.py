@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 import click
 
 from rsscgeo import __version__
-from rsscgeo.errors import RsscgeoError
+from rsscgeo.errors import RsscgeoError, RunInterrupted, Terminated, signal_number
+
+# Signals that stop a command the way Ctrl-C does: cleanly, keeping what can be kept.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 # command name → "module:attribute"; modules load only when their command runs.
 COMMANDS = {
@@ -40,24 +49,59 @@ class LazyGroup(click.Group):
         return command
 
     def invoke(self, ctx: click.Context) -> Any:
-        """Run the command; library errors become ``Error: ...`` and exit status 1."""
+        """Run the command; library errors become ``Error: ...`` and exit status 1.
+
+        SIGINT, SIGTERM and SIGHUP stop the command as Ctrl-C does: it cleans up, says
+        so in one line and exits with 128 + the signal's number (130, 143, 129).
+        """
         try:
-            return super().invoke(ctx)
+            with stop_signals_interrupt():
+                return super().invoke(ctx)
+        except RunInterrupted as err:
+            click.echo(one_line(err), err=True)
+            sys.exit(128 + err.signum)
         except RsscgeoError as err:
             click.echo(f"Error: {one_line(err)}", err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as err:
+            signum = signal_number(err)
+            click.echo(f"interrupted ({signal.Signals(signum).name}).", err=True)
+            sys.exit(128 + signum)
+
+
+@contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """Turn the stop signals into ``KeyboardInterrupt`` in the main thread.
+
+    The first one unwinds the command, so temporary files are removed and journals
+    kept; a second one while that happens exits at once.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    received: list[int] = []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        if received:
+            os._exit(128 + signum)
+        received.append(signum)
+        raise Terminated(signum) if signum != signal.SIGINT else KeyboardInterrupt
+
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def one_line(err: BaseException) -> str:
-    """The message of ``err`` on one line.
+    """The message of ``err`` on one line, in the command line's terms.
 
     Errors raised in DataLoader worker processes come back re-wrapped with the worker's
     traceback in the message; their own message is the traceback's last line.
     """
-    text = str(err).strip()
+    text = (err.cli_message() if isinstance(err, RsscgeoError) else str(err)).strip()
     if "Original Traceback" in text:
         last = text.splitlines()[-1]
         text = last.split(": ", 1)[1] if ": " in last else last

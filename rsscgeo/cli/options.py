@@ -1,10 +1,26 @@
-"""Options shared by several commands."""
+"""Options shared by several commands, and the one builder of ``ClassifyOptions``.
+
+As in rasterio's ``rio/options.py``, each option is declared once here. The classify
+options are collected by :func:`classify_options` into one frozen
+:class:`~rsscgeo.scene.options.ClassifyOptions`, built once per command, with the
+defaults the value object declares (shown in ``--help``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
+
+# Imported for its defaults only: the module is small and imports no torch.
+from rsscgeo.scene.options import ClassifyOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULTS = ClassifyOptions()
 
 model_argument = click.argument(
     "model", type=click.Path(path_type=Path, dir_okay=False), metavar="MODEL"
@@ -25,6 +41,95 @@ workers_option = click.option(
 tta_option = click.option(
     "--tta",
     is_flag=True,
+    default=DEFAULTS.tta,
     help="Test-time augmentation: average the probabilities of the 8 rotations/flips of "
     "each image (8x the model compute).",
 )
+batch_size_option = click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.batch_size,
+    show_default=True,
+    help="Images per forward pass.",
+)
+
+
+def _band_numbers(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> tuple[int, ...] | None:
+    """``1,2,3`` -> ``(1, 2, 3)``."""
+    if value is None:
+        return None
+    try:
+        bands = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            "give 1-based band numbers separated by commas, e.g. 1,2,3"
+        ) from None
+    if min(bands) < 1:
+        raise click.BadParameter("band numbers start at 1, e.g. 1,2,3")
+    return bands
+
+
+# Each ClassifyOptions field and its flag, in --help order.
+_CLASSIFY_OPTIONS = [
+    click.option(
+        "--patch-size",
+        type=click.IntRange(min=8),
+        help="Patch side, px of the reading grid [default: the model card's].",
+    ),
+    click.option(
+        "--stride",
+        type=click.IntRange(min=1),
+        help="Step between patches, px [default: patch size].",
+    ),
+    click.option(
+        "--bands",
+        callback=_band_numbers,
+        help="Scene bands in the model's order, e.g. 1,2,3 [default: the first ones].",
+    ),
+    click.option(
+        "--gsd",
+        type=click.FloatRange(min=0, min_open=True),
+        help="Read at this resolution, CRS units/px [default: the model's GSD, see README].",
+    ),
+    click.option(
+        "--min-valid",
+        type=click.FloatRange(0, 1),
+        default=DEFAULTS.min_valid,
+        show_default=True,
+        help="Skip patches with less valid data than this fraction.",
+    ),
+    batch_size_option,
+    click.option(
+        "--chunk-size",
+        type=click.IntRange(min=1),
+        help="Pixels per side of each read/task, in whole strides [default: up to 2048].",
+    ),
+    click.option(
+        "--probabilities", is_flag=True, help="GeoTIFF: add one probability band per class."
+    ),
+    click.option(
+        "--uncertain-below",
+        type=click.FloatRange(0, 1),
+        metavar="P",
+        help="Map patches whose calibrated top-1 probability is below P as Uncertain; 0 "
+        "disables it [default: the model card's calibration, else 0].",
+    ),
+    tta_option,
+]
+_FIELDS = [f.name for f in dataclasses.fields(ClassifyOptions)]
+
+
+def classify_options(command: F) -> F:
+    """Add the ``ClassifyOptions`` flags to ``command`` and pass them as ``options``."""
+
+    @functools.wraps(command)
+    def build(*args: Any, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name) for name in _FIELDS}
+        return command(*args, options=ClassifyOptions(**given), **kwargs)
+
+    decorated: Any = build
+    for option in reversed(_CLASSIFY_OPTIONS):
+        decorated = option(decorated)
+    return decorated  # type: ignore[no-any-return]

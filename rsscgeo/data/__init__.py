@@ -1,1 +1,1 @@
-"""Labelled tile datasets: catalogues, splits, image reading and transforms."""
+"""Labelled tile datasets: catalogues and their layouts, splits, image reading, transforms."""

@@ -1,15 +1,14 @@
 """Catalogues of labelled tiles: which files exist and which labels each carries.
 
-Three layouts are read into the same :class:`Catalog`:
+The types (:class:`Item`, :class:`Catalog`) and the readers of three layouts:
 
 * class folders (AID, UC Merced, NWPU-RESISC45, PatternNet, RSI-CB): ``root/<class>/*``;
 * a CSV manifest with columns ``path,labels`` (labels separated by ``;``), relative
   paths resolved against the manifest's folder; written by ``rsscgeo tiles`` too;
 * BigEarthNet patch folders (``<patch>/<patch>_B0x.tif`` + ``*_labels_metadata.json``).
 
-The paper's six datasets in their published layouts (UC Merced's ``Images`` folder,
-RSI-CB's categories, MLRSNet's label CSVs) open by name: ``open_catalog(path, layout=...)``,
-see :mod:`rsscgeo.data.datasets`.
+Which reader a source needs is decided in :mod:`rsscgeo.data.layouts`, whose
+``open_catalog`` detects these three and opens the paper's six datasets by name.
 """
 
 from __future__ import annotations
@@ -53,36 +52,6 @@ class Catalog:
         """The items whose path is in ``paths``, with the same classes."""
         items = tuple(i for i in self.items if i.path in paths)
         return Catalog(self.root, self.classes, self.task, items)
-
-
-def open_catalog(
-    source: str | Path, classes: Sequence[str] | None = None, layout: str | None = None
-) -> Catalog:
-    """Open a class-folder dataset, a CSV manifest or a BigEarthNet folder.
-
-    Args:
-        source: The dataset folder or manifest file.
-        classes: A fixed class list (e.g. a model's); labels outside it are errors.
-            By default the classes are the sorted names found in the dataset.
-        layout: A published dataset layout (``aid``, ``mlrsnet-multilabel``, ... see
-            :mod:`rsscgeo.data.datasets`); ``None`` detects one of the three above.
-
-    Raises:
-        DatasetError: If the source is missing, empty or malformed, or the layout unknown.
-    """
-    source = Path(source)
-    if layout is not None:
-        # Imported here: the layouts are built on this module's helpers.
-        from rsscgeo.data.datasets import open_dataset
-
-        return open_dataset(layout, source, classes)
-    if not source.exists():
-        raise DatasetError(f"dataset {source} does not exist; check the path.")
-    if source.is_file():
-        return read_manifest(source, classes)
-    if any(source.glob("*/*_labels_metadata.json")):
-        return scan_bigearthnet(source, classes)
-    return scan_class_folders(source, classes)
 
 
 def scan_class_folders(root: Path, classes: Sequence[str] | None = None) -> Catalog:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from rsscgeo.data.catalog import write_manifest
 from rsscgeo.errors import DatasetError, OutputExistsError
-from rsscgeo.scene.reader import open_scene
+from rsscgeo.rasterfile import open_scene
 
 MANIFEST_NAME = "manifest.csv"
 
@@ -58,7 +58,11 @@ def cut_tiles(
     stride = stride or size
     manifest = out_dir / MANIFEST_NAME
     if manifest.exists() and not overwrite:
-        raise OutputExistsError(f"{manifest} exists; pass --overwrite to replace the tiles.")
+        raise OutputExistsError(
+            f"{manifest} exists",
+            "set overwrite=True to replace the tiles.",
+            cli_fix="pass --overwrite to replace the tiles.",
+        )
     with open_scene(scene) as src:
         polygons = _read_labels(labels, field, src.crs)
         classes = sorted(polygons[field].astype(str).unique())
@@ -66,7 +70,9 @@ def cut_tiles(
         if not tiles:
             raise DatasetError(
                 f"no {size}px tile of {scene} is covered to {min_cover:.0%} by a polygon of "
-                f"{labels}; check that they overlap, or lower --min-cover or --size."
+                f"{labels}",
+                "check that they overlap, or lower min_cover or size.",
+                cli_fix="check that they overlap, or lower --min-cover or --size.",
             )
         out_dir.mkdir(parents=True, exist_ok=True)
         profile = src.profile | {"driver": "GTiff", "width": size, "height": size, "tiled": False}

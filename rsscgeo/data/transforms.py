@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import io
 import random
-from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
-
-if TYPE_CHECKING:
-    from rsscgeo.modelfile import ModelCard
 
 
 class _Strict(BaseModel):
@@ -173,9 +169,3 @@ def build_transform(
         steps += _augmentations(config.augment)
     steps.append(v2.Normalize(mean, std))
     return v2.Compose(steps)
-
-
-def card_transform(card: ModelCard) -> v2.Compose:
-    """The eval transform a model card records: how its model saw held-out tiles."""
-    config = TransformConfig(resize=card.eval_resize, crop=card.eval_crop)
-    return build_transform(config, card.mean, card.std, train=False)

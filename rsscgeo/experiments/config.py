@@ -41,8 +41,8 @@ from pydantic import (
     model_validator,
 )
 
-from rsscgeo.backbones import InitKind
 from rsscgeo.errors import ConfigError
+from rsscgeo.inits import InitKind
 from rsscgeo.training.config import Protocol
 from rsscgeo.training.evaluate import DEFAULT_TTA
 from rsscgeo.yamlfile import read_yaml

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rsscgeo.data.catalog import Catalog, open_catalog
+from rsscgeo.data.catalog import Catalog
 from rsscgeo.data.classmap import ClassMap, check_folders, check_model_classes, load_class_map
+from rsscgeo.data.layouts import open_catalog
 from rsscgeo.errors import ConfigError, RsscgeoError, first_line
 from rsscgeo.experiments.config import EvalSet, ExperimentConfig
 from rsscgeo.experiments.plan import Cell

@@ -11,7 +11,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rsscgeo.data.catalog import open_catalog, write_manifest
+from rsscgeo.data.catalog import write_manifest
+from rsscgeo.data.layouts import open_catalog
 from rsscgeo.errors import ConfigError
 from rsscgeo.experiments.config import ExperimentConfig, RunSpec, _listed
 from rsscgeo.training.config import RunConfig, parse_config

@@ -19,6 +19,7 @@ import ctypes
 import logging
 import os
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 
-from rsscgeo.errors import ClusterError, RsscgeoError, first_line
+from rsscgeo.errors import ClusterError, OptionError, RsscgeoError, first_line
 from rsscgeo.modelfile import LoadedModel
 from rsscgeo.scene.grid import Chunk
 from rsscgeo.scene.inference import ChunkResult, prepare_model
@@ -40,6 +41,13 @@ IN_FLIGHT_PER_THREAD = 4
 # and keeps growing with the scene; this much still holds the blocks neighbouring
 # chunks share (a 256-pixel block row of a 32768-pixel-wide RGB scene is 24 MiB).
 GDAL_CACHE_BYTES = 128 * 2**20
+
+# Sending the model to the workers is tried this often when workers are lost meanwhile...
+REGISTER_TRIES = 5
+# ...waiting this long between tries, so the scheduler notices the loss.
+REGISTER_PAUSE_SECONDS = 1.0
+# A task that fails on a worker (e.g. one that lost the model) is retried this often.
+TASK_RETRIES = 2
 
 # glibc's mallopt parameter number for the mmap threshold (malloc.h).
 M_MMAP_THRESHOLD = -3
@@ -72,8 +80,6 @@ class WorkerSetup:
             What undoes the GDAL settings (close it when the worker stops).
         """
         import rasterio
-
-        from rsscgeo.scene.plan import resolve_device
 
         threads = self.torch_threads or max(1, (os.cpu_count() or 1) // task_threads)
         torch.set_num_threads(threads)
@@ -132,6 +138,33 @@ def _run_chunk(work: Callable[[Chunk, LoadedModel], ChunkResult], chunk: Chunk, 
     return work(chunk, loaded)
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (the GPU when there is one), ``cpu`` or ``cuda[:i]``.
+
+    Raises:
+        OptionError: If the name is no device, or a GPU is asked for and none is usable.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise OptionError(
+            f"device {name!r} is not supported",
+            "use auto, cpu or cuda[:i].",
+            cli_fix="use --device auto, cpu or cuda[:i].",
+        )
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError(
+            f"device {name}: no CUDA GPU is available here",
+            "use device='cpu'.",
+            cli_fix="use --device cpu.",
+        )
+    return device
+
+
 @dataclass
 class Engine:
     """A Dask client ready to run chunk tasks.
@@ -148,42 +181,60 @@ class Engine:
     torch_threads: int | None
     device: str
     in_process: bool = False
-    _models: dict[int, str] = field(default_factory=dict)
+    _installed: set[str] = field(default_factory=set)
     _undo: ExitStack = field(default_factory=ExitStack)
 
     def install(self, loaded: LoadedModel) -> str:
         """Get ``loaded`` to every worker once; returns the key tasks use.
 
-        Workers inside this process share ``loaded`` itself; others get a copy through
-        a worker plugin.
+        The key is the model's content identity, so a model is sent once however often
+        it is loaded, and never mistaken for another. Workers inside this process share
+        ``loaded`` itself; others get a copy through a worker plugin, which the
+        scheduler also gives to workers that join later.
 
         Raises:
             ClusterError: If the workers cannot load the model.
         """
-        if id(loaded) in self._models:
-            return self._models[id(loaded)]
-        setup = WorkerSetup(uuid.uuid4().hex[:12], loaded, self.device, self.torch_threads)
+        key = loaded.identity
+        if key in self._installed:
+            return key
+        setup = WorkerSetup(key, loaded, self.device, self.torch_threads)
         if self.in_process:
             self._undo.enter_context(setup.apply(self.threads))
         else:
             self._register(ModelPlugin(setup))
-        self._models[id(loaded)] = setup.key
-        return setup.key
+        self._installed.add(key)
+        return key
 
     def close(self) -> None:
         """Forget the models installed in this process and restore GDAL's settings."""
         self._undo.close()
 
     def _register(self, plugin: ModelPlugin) -> None:
-        try:
-            self.client.register_plugin(plugin)
-        except RsscgeoError:
-            raise
-        except Exception as err:
-            raise _import_failure(err, "the model") or ClusterError(
-                f"the model cannot be sent to the Dask workers ({first_line(err)}); models "
-                "must pickle (rsscgeo's own do), and the workers need rsscgeo installed."
-            ) from None
+        """Register the plugin, again while workers are lost during the broadcast.
+
+        The scheduler keeps the plugin before it sends it out, so a broadcast cut short
+        by a dying worker is simply repeated to the workers that remain.
+        """
+        for attempt in range(1, REGISTER_TRIES + 1):
+            try:
+                self.client.register_plugin(plugin)
+                return
+            except RsscgeoError:
+                raise
+            except OSError as err:  # a worker's connection closed: it was lost
+                if attempt == REGISTER_TRIES:
+                    raise ClusterError(
+                        f"the model cannot be sent to the Dask workers ({first_line(err)}); "
+                        "workers kept disconnecting: check their logs and memory."
+                    ) from None
+                time.sleep(REGISTER_PAUSE_SECONDS)
+            except Exception as err:
+                raise _import_failure(err, "the model") or ClusterError(
+                    f"the model cannot be sent to the Dask workers ({first_line(err)}); "
+                    "models must pickle (rsscgeo's own do), and the workers need rsscgeo "
+                    "installed."
+                ) from None
 
     @property
     def threads(self) -> int:
@@ -207,6 +258,9 @@ class Engine:
         window = IN_FLIGHT_PER_THREAD * self.threads
         [work_future] = self.client.scatter([work], broadcast=True, hash=False)
         running = as_completed(loop=self.client.loop)
+        # The futures in flight, kept here: as_completed's own set changes in the
+        # client's event-loop thread, so iterating it to cancel would race.
+        in_flight: dict[Chunk, Any] = {}
         ready: dict[Chunk, ChunkResult] = {}  # arrived, waiting for their turn
         submitted = 0
         try:
@@ -218,27 +272,29 @@ class Engine:
                     if previous is not None:
                         ready[ahead] = previous
                     else:
-                        running.add(
-                            self.client.submit(
-                                _run_chunk,
-                                work_future,
-                                ahead,
-                                key,
-                                pure=False,
-                                key=_task_key(ahead),
-                            )
+                        future = self.client.submit(
+                            _run_chunk,
+                            work_future,
+                            ahead,
+                            key,
+                            pure=False,
+                            key=_task_key(ahead),
+                            retries=TASK_RETRIES,
                         )
+                        in_flight[ahead] = future
+                        running.add(future)
                     submitted += 1
                 while chunk not in ready:
                     future = next(running)
                     result = self._result(future)
+                    del in_flight[result.chunk]
                     on_result(result)
                     ready[result.chunk] = result
                     future.release()
                 yield ready.pop(chunk)
         finally:
-            for future in running.futures:
-                future.cancel()
+            if in_flight:
+                self.client.cancel(list(in_flight.values()), force=True)
             work_future.release()
 
     def _result(self, future: Any) -> ChunkResult:
@@ -295,15 +351,15 @@ def _connect(address: str) -> Client:
     try:
         return Client(address, timeout="10s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as err:
+        start = "start one with `dask scheduler` and workers with `dask worker ADDRESS`"
         raise ClusterError(
-            f"cannot reach the Dask scheduler at {address} ({first_line(err)}); start one "
-            "with `dask scheduler` and workers with `dask worker ADDRESS`, or fix --scheduler."
+            f"cannot reach the Dask scheduler at {address} ({first_line(err)})",
+            f"{start}, or fix the address.",
+            cli_fix=f"{start}, or fix --scheduler.",
         ) from None
 
 
 def _local_engine(stack: ExitStack, workers: int | None, processes: bool, device: str) -> Engine:
-    from rsscgeo.scene.plan import resolve_device
-
     cores = os.cpu_count() or 1
     target = resolve_device(device)  # a missing GPU fails here, before any worker starts
     # The scheduler serves HTTP even without a dashboard: any free port, never a clash.

@@ -70,14 +70,17 @@ class Legend:
         """
         if uncertain_below is not None and not 0 <= uncertain_below <= 1:
             raise SceneError(
-                f"--uncertain-below {uncertain_below:g} is not a probability; give 0..1 "
-                "(0 disables Uncertain)."
+                f"uncertain_below {uncertain_below:g} is not a probability",
+                "give 0..1 (0 disables Uncertain).",
+                cli_fix="give --uncertain-below 0..1 (0 disables Uncertain).",
             )
         if card.task == "multilabel":
             if uncertain_below:
                 raise SceneError(
-                    "--uncertain-below: multi-label models have no Uncertain class (each "
-                    "label has its own threshold in the card); drop the option."
+                    "multi-label models have no Uncertain class (each label has its own "
+                    "threshold in the card)",
+                    "leave uncertain_below unset.",
+                    cli_fix="drop --uncertain-below.",
                 )
             return cls(card, 0.0, "multi-label models have no Uncertain class")
         if uncertain_below is not None:
@@ -93,8 +96,9 @@ class Legend:
         if legend.enabled and clash:
             raise SceneError(
                 f"the model has a class named {clash[0]!r}, which classify uses for patches "
-                f"below the Uncertain threshold ({legend.source}); pass --uncertain-below 0 "
-                "or rename the class in the model."
+                f"below the Uncertain threshold ({legend.source})",
+                "set uncertain_below=0 or rename the class in the model.",
+                cli_fix="pass --uncertain-below 0 or rename the class in the model.",
             )
         return legend
 

@@ -1,7 +1,8 @@
-"""Planning a classify job: check the scene against the model and decide how to read it.
+"""Planning a classify job: check everything that can be checked, decide how to read.
 
-Everything here runs once, before any chunk is read, so bad input fails fast with a
-one-line error and the run starts with every decision made and reported.
+Everything here runs once, before any cluster starts or any chunk is read, so bad
+input fails fast with a one-line error and the run starts with every decision made
+and reported. The plan is then all that executing needs (see ``classify.run_plan``).
 """
 
 from __future__ import annotations
@@ -10,14 +11,20 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from rsscgeo.errors import SceneError
+from rsscgeo.errors import OptionError, OutputError, OutputExistsError, SceneError
 from rsscgeo.modelfile import LoadedModel
+from rsscgeo.outputs import check_output_folder
 from rsscgeo.scene.grid import Chunk, PatchGrid
 from rsscgeo.scene.inference import Scaling
+from rsscgeo.scene.journal import journal_dir
+from rsscgeo.scene.legend import UNCERTAIN_VALUE, Legend
+from rsscgeo.scene.options import ClassifyOptions, ClassifyOutputs
 from rsscgeo.scene.reader import SceneInfo, SceneReader, inspect_scenes
+from rsscgeo.scene.tasks import ChunkWork, chunk_side
 
 # Scenes finer or coarser than the model's GSD by more than this factor are resampled to
 # it, so that a patch covers the ground the model was trained on (issue 9 measured it:
@@ -31,83 +38,172 @@ MAX_UPSAMPLING = 4.0
 
 @dataclass(frozen=True)
 class ScenePlan:
-    """How a scene will be read and fed to the model, and what was decided on the way."""
+    """A checked classify job: what to read, how, with which model, and where to write.
 
+    Attributes:
+        model: The model the plan was made for.
+        options: The options it was made with.
+        outputs: Where results go (``None`` for lazy results, see ``patch_dataset``).
+        reader: Reads chunks of the mosaic at the reading resolution.
+        grid: The patch grid.
+        legend: The map's categories (the card's classes, and Uncertain).
+        work: The chunk task.
+        chunk_side: Patches per side of a chunk (one task).
+        notes: The decisions made, in words, for the run's report.
+    """
+
+    model: LoadedModel
+    options: ClassifyOptions
+    outputs: ClassifyOutputs | None
     reader: SceneReader
     grid: PatchGrid
     scaling: Scaling
-    band_indexes: tuple[int, ...]
-    raw_dtype: torch.dtype  # what the reader returns: uint8 for 8-bit scenes, else float32
+    legend: Legend
+    work: ChunkWork
+    chunk_side: int
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def chunks(self) -> list[Chunk]:
+        """The chunks in writing order."""
+        return list(self.grid.chunks(self.chunk_side))
+
+    def reading(self) -> dict[str, Any]:
+        """Every decision that changes the journaled results (for the resume check).
+
+        The Uncertain threshold is applied on writing, so it is not here.
+        """
+        return {
+            "patch": self.grid.patch,
+            "stride": self.grid.stride,
+            "bands": list(self.reader.band_indexes),
+            "resolution": list(self.reader.resolution),
+            "min_valid": self.options.min_valid,
+            "scaling": [self.scaling.low, self.scaling.high],
+            "chunk_side": self.chunk_side,
+            "tta": self.options.tta,
+        }
 
 
 def plan_scene(
     scenes: list[Path],
     loaded: LoadedModel,
+    options: ClassifyOptions | None = None,
+    outputs: ClassifyOutputs | None = None,
     *,
-    patch_size: int | None = None,
-    stride: int | None = None,
-    bands: list[int] | None = None,
-    gsd: float | None = None,
     say: Callable[[str], None] = lambda _: None,
 ) -> ScenePlan:
-    """Check ``scenes`` against the model card and plan the reading.
+    """Check ``scenes``, ``options`` and ``outputs`` against the model and plan the run.
+
+    Args:
+        scenes: One or more raster files that form one mosaic.
+        loaded: The model.
+        options: How to read and classify (default: ``ClassifyOptions()``).
+        outputs: Where to write; ``None`` plans for lazy results only.
+        say: Receives each decision, in words, as it is made.
 
     Raises:
         SceneError: If the scene cannot be used with this model.
+        OptionError: If an option does not fit the scene or the model.
+        OutputError: If an output cannot be written where it was asked for.
+        OutputExistsError: If an output exists and ``outputs.overwrite`` is not set.
     """
+    options = options or ClassifyOptions()
     card = loaded.card
+    if outputs is not None:
+        check_outputs(outputs, card.num_classes)
+    legend = Legend.for_card(card, options.uncertain_below)
     info = inspect_scenes(scenes)
-    band_indexes = _band_indexes(info, bands, len(card.bands))
+    band_indexes = _band_indexes(info, options.bands, len(card.bands))
     notes = [f"{p} is in another CRS and is reprojected to {info.crs}" for p in info.reprojected]
-    resolution, gsd_note = _reading_resolution(info, card.gsd, gsd)
+    resolution, gsd_note = _reading_resolution(info, card.gsd, options.gsd)
     notes.append(gsd_note)
     reader = SceneReader(info.paths, tuple(band_indexes), resolution)
-    patch = patch_size or card.patch_size
-    grid = reader.grid(patch, stride or patch)
+    patch = options.patch_size or card.patch_size
+    grid = reader.grid(patch, options.stride or patch)
     scaling, scale_note = _scaling(reader, grid, info, card.input_scale, len(band_indexes))
     notes.append(scale_note)
+    if options.tta:
+        notes.append("test-time augmentation: probabilities averaged over 8 rotations/flips")
     for note in notes:
         say(note)
     raw_dtype = torch.uint8 if info.dtype == "uint8" else torch.float32
-    return ScenePlan(reader, grid, scaling, tuple(band_indexes), raw_dtype, notes)
+    work = ChunkWork.build(reader, grid, scaling, raw_dtype, loaded, options)
+    side = chunk_side(grid, options.chunk_size)
+    return ScenePlan(loaded, options, outputs, reader, grid, scaling, legend, work, side, notes)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (the GPU when there is one), ``cpu`` or ``cuda[:i]``.
+def check_outputs(outputs: ClassifyOutputs, num_classes: int) -> None:
+    """Refuse outputs that cannot be written, before any work starts.
 
     Raises:
-        SceneError: If a GPU is asked for and none is usable.
+        OptionError: If no output is requested, or a GeoTIFF cannot hold the classes.
+        OutputError: If an output path is a folder or its folder is not writable.
+        OutputExistsError: If an output exists and may not be replaced.
     """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SceneError(f"--device {name!r} is not a device; use auto, cpu or cuda[:i].") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SceneError(f"--device {name}: no CUDA GPU is available here; use --device cpu.")
-    if device.type not in ("cpu", "cuda"):
-        raise SceneError(f"--device {name!r} is not supported; use auto, cpu or cuda[:i].")
-    return device
+    paths = outputs.paths
+    if not paths:
+        raise OptionError(
+            "no output requested",
+            "give ClassifyOutputs(gpkg=...) and/or geotiff=...",
+            cli_fix="pass --out labels.gpkg and/or --out labels.tif.",
+        )
+    if outputs.geotiff is not None and num_classes > UNCERTAIN_VALUE:
+        raise OptionError(
+            f"the model has {num_classes} classes; a GeoTIFF class band holds at most "
+            f"{UNCERTAIN_VALUE}",
+            "write a .gpkg instead.",
+        )
+    for path in paths:
+        if path.is_dir():
+            raise OutputError(
+                f"output {path} is a folder", f"name a file, e.g. {path / 'labels.gpkg'}."
+            )
+        check_output_folder(path.parent, "output", create=False, cli_option="--out")
+    refuse_existing(outputs)
 
 
-def _band_indexes(info: SceneInfo, bands: list[int] | None, needed: int) -> list[int]:
-    chosen = bands or list(range(1, needed + 1))
+def refuse_existing(outputs: ClassifyOutputs) -> None:
+    """Refuse to replace an existing output unless asked to.
+
+    ``overwrite`` allows it, and so does ``resume`` when the interrupted run's journal
+    is there (the run may have moved some outputs into place before it stopped).
+
+    Raises:
+        OutputExistsError: Naming the first such output.
+    """
+    paths = outputs.paths
+    resuming = outputs.resume and journal_dir(paths[0]).exists()
+    for path in paths:
+        if path.exists() and not (outputs.overwrite or resuming):
+            raise OutputExistsError(
+                f"{path} exists",
+                "set overwrite=True to replace it.",
+                cli_fix="pass --overwrite to replace it.",
+            )
+
+
+def _band_indexes(info: SceneInfo, bands: tuple[int, ...] | None, needed: int) -> tuple[int, ...]:
+    chosen = bands or tuple(range(1, needed + 1))
+    example = ",".join(str(b) for b in range(1, needed + 1))
     if len(chosen) != needed:
-        raise SceneError(
-            f"the model needs {needed} bands, --bands gives {len(chosen)}; pass {needed} "
-            "band numbers, e.g. --bands 1,2,3."
+        raise OptionError(
+            f"the model needs {needed} bands, {len(chosen)} band numbers were given",
+            f"give {needed}, e.g. bands=({example}).",
+            cli_fix=f"give {needed}, e.g. --bands {example}.",
         )
     if info.band_count < needed and bands is None:
         raise SceneError(
-            f"{info.paths[0]} has {info.band_count} band(s), the model needs {needed}; "
-            "pass --bands to choose them or use a scene with the model's bands."
+            f"{info.paths[0]} has {info.band_count} band(s), the model needs {needed}",
+            "choose them with bands=... or use a scene with the model's bands.",
+            cli_fix="choose them with --bands or use a scene with the model's bands.",
         )
     bad = [b for b in chosen if not 1 <= b <= info.band_count]
     if bad:
-        raise SceneError(
-            f"--bands {bad[0]} does not exist in {info.paths[0]} (bands 1-{info.band_count})."
+        raise OptionError(
+            f"band {bad[0]} does not exist in {info.paths[0]} (bands 1-{info.band_count})",
+            "choose existing bands.",
+            cli_fix="choose existing bands with --bands.",
         )
     return chosen
 
@@ -118,7 +214,7 @@ def _reading_resolution(
     resolution = info.resolution
     native = max(resolution)
     if gsd is not None:
-        return (gsd, gsd), f"reading at --gsd {gsd:g} (scene: {native:g} per pixel)"
+        return (gsd, gsd), f"reading at the chosen {gsd:g} per pixel (scene: {native:g})"
     if card_gsd is None or info.crs.is_geographic:
         return resolution, f"reading at the scene's native resolution ({native:g} per pixel)"
     if native * GSD_TOLERANCE < card_gsd:
@@ -130,7 +226,7 @@ def _reading_resolution(
         return resolution, (
             f"warning: scene is {native:g} m/px, over {MAX_UPSAMPLING:g}x coarser than the "
             f"{card_gsd:g} m/px the model was trained on; classifying at native resolution, "
-            "expect lower accuracy (--gsd sets the reading resolution)"
+            "expect lower accuracy (the gsd option sets the reading resolution)"
         )
     if native > card_gsd * GSD_TOLERANCE:
         return (card_gsd, card_gsd), (

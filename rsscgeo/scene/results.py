@@ -14,25 +14,13 @@ import xarray as xr
 from dask.delayed import delayed
 
 from rsscgeo.modelfile import LoadedModel
-from rsscgeo.scene.classify import ChunkWork, chunk_side
 from rsscgeo.scene.inference import prepare_model
-from rsscgeo.scene.legend import Legend
+from rsscgeo.scene.options import ClassifyOptions
 from rsscgeo.scene.plan import plan_scene
 
 
 def patch_dataset(
-    scenes: list[Path],
-    loaded: LoadedModel,
-    *,
-    patch_size: int | None = None,
-    stride: int | None = None,
-    bands: list[int] | None = None,
-    gsd: float | None = None,
-    min_valid: float = 0.5,
-    batch_size: int = 64,
-    chunk_patches: int | None = None,
-    tta: bool = False,
-    uncertain_below: float | None = None,
+    scenes: list[Path], loaded: LoadedModel, options: ClassifyOptions | None = None
 ) -> xr.Dataset:
     """The scene's per-patch classification as an xarray Dataset (computed lazily).
 
@@ -40,22 +28,20 @@ def patch_dataset(
     ``class``: ``probability`` (calibrated; NaN for skipped patches), ``class_id``
     (the top-1 class, -1 when skipped), ``score`` (the top-1 probability),
     ``uncertain`` (True where ``classify_scene`` maps the patch as Uncertain: score
-    below ``uncertain_below``, default the card's) and ``valid_fraction``. Attributes
-    ``crs`` (WKT) and ``transform`` (GDAL order) describe the patch grid,
-    ``uncertain_below`` the threshold used. Each dask block is one chunk of
-    ``chunk_patches`` patches a side (default: the chunks ``classify_scene`` reads).
-    With ``tta`` probabilities are averaged over the 8 dihedral transforms.
+    below ``options.uncertain_below``, default the card's) and ``valid_fraction``.
+    Attributes ``crs`` (WKT) and ``transform`` (GDAL order) describe the patch grid,
+    ``uncertain_below`` the threshold used. Each dask block is one chunk, as
+    ``classify_scene`` reads them (``options.chunk_size`` pixels a side, by default
+    the same rule). With ``options.tta`` probabilities are averaged over the 8
+    dihedral transforms.
 
     Raises:
         SceneError: If the scene or the options cannot be used with this model.
     """
     card = loaded.card
-    legend = Legend.for_card(card, uncertain_below)
-    plan = plan_scene(scenes, loaded, patch_size=patch_size, stride=stride, bands=bands, gsd=gsd)
-    grid = plan.grid
-    side = chunk_patches or chunk_side(grid)  # one dask block per chunk, as classify_scene
     loaded = prepare_model(loaded, next(loaded.model.parameters()).device)
-    work = ChunkWork.for_plan(plan, loaded, min_valid=min_valid, batch_size=batch_size, tta=tta)
+    plan = plan_scene(scenes, loaded, options)
+    grid, side, work = plan.grid, plan.chunk_side, plan.work
     prob_rows: list[list[da.Array]] = [[] for _ in range(0, grid.rows, side)]
     valid_rows: list[list[da.Array]] = [[] for _ in range(0, grid.rows, side)]
     for chunk in grid.chunks(side):
@@ -80,7 +66,7 @@ def patch_dataset(
             "crs": grid.crs.to_wkt(),
             "transform": transform.to_gdal(),
             "patch_size": grid.patch,
-            "uncertain_below": legend.uncertain_below,
+            "uncertain_below": plan.legend.uncertain_below,
         },
     )
     classified = ~data.probability.isnull().any("class")
@@ -88,7 +74,7 @@ def patch_dataset(
         data.probability.fillna(-1).argmax("class").where(classified, -1).astype(np.int32)
     )
     data["score"] = data.probability.max("class")
-    data["uncertain"] = data.score < legend.uncertain_below  # NaN (skipped): False
+    data["uncertain"] = data.score < plan.legend.uncertain_below  # NaN (skipped): False
     return data
 
 

@@ -22,9 +22,9 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from rsscgeo.backbones import InitSpec
 from rsscgeo.data.transforms import TransformConfig
 from rsscgeo.errors import ConfigError
+from rsscgeo.inits import InitSpec
 from rsscgeo.training.calibration import CalibrationConfig
 
 Protocol = Literal["scratch", "finetune", "linear", "dapt"]
@@ -64,7 +64,7 @@ class DataConfig(_Strict):
     @classmethod
     def _known_layout(cls, value: str | None) -> str | None:
         # Checked at load time, naming the key, rather than when the run opens the data.
-        from rsscgeo.data.datasets import LAYOUTS
+        from rsscgeo.data.layouts import LAYOUTS
 
         if value is not None and value not in LAYOUTS:
             raise ValueError(f"unknown dataset layout; use one of {', '.join(LAYOUTS)}")

@@ -17,10 +17,9 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from rsscgeo.data.catalog import Catalog
-from rsscgeo.data.dataset import TileDataset
-from rsscgeo.data.transforms import card_transform
+from rsscgeo.data.torch_dataset import TileDataset
 from rsscgeo.modelfile import LoadedModel, ModelCard
-from rsscgeo.predict import probabilities
+from rsscgeo.predict import card_transform, probabilities
 from rsscgeo.training.selective import coverage_at, risk_coverage
 
 # Whether evaluation averages the 8 dihedral transforms (test-time augmentation) unless

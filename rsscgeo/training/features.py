@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from rsscgeo.backbones import as_timm
+from rsscgeo.networks import as_timm
 
 
 class FeatureDataset(Dataset[dict[str, torch.Tensor]]):

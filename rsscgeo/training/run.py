@@ -34,11 +34,10 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from rsscgeo import __version__
-from rsscgeo.backbones import InitSpec, as_timm
 from rsscgeo.colors import class_colors
-from rsscgeo.data.catalog import Catalog, open_catalog
-from rsscgeo.data.dataset import TileDataset
+from rsscgeo.data.catalog import Catalog
 from rsscgeo.data.images import check_images
+from rsscgeo.data.layouts import open_catalog
 from rsscgeo.data.splits import (
     Split,
     hold_out_validation,
@@ -47,8 +46,10 @@ from rsscgeo.data.splits import (
     stratified_split,
     write_split,
 )
+from rsscgeo.data.torch_dataset import TileDataset
 from rsscgeo.data.transforms import build_transform
 from rsscgeo.errors import ConfigError
+from rsscgeo.inits import InitSpec
 from rsscgeo.modelfile import (
     Calibration,
     ClassInfo,
@@ -57,6 +58,7 @@ from rsscgeo.modelfile import (
     StageRecord,
     save_model,
 )
+from rsscgeo.networks import as_timm
 from rsscgeo.training.calibration import calibrate
 from rsscgeo.training.config import RunConfig, SSLConfig, StageConfig, dump_config
 from rsscgeo.training.evaluate import score
@@ -423,7 +425,7 @@ def _fit_network(
 def _fit_linear(
     config: RunConfig, trainer: L.Trainer, catalog: Catalog, split: Split, *, resume: bool
 ) -> Fitted:
-    from rsscgeo.backbones import build_network
+    from rsscgeo.inits import build_network
 
     backbone = build_network(
         config.model.architecture, len(catalog.classes), len(config.data.bands), config.model.init

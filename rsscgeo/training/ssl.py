@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from rsscgeo.backbones import InitSpec, build_network
 from rsscgeo.data.images import read_image
 from rsscgeo.data.transforms import RandomGamma, RandomRot90
 from rsscgeo.errors import ConfigError
+from rsscgeo.inits import InitSpec, build_network
 from rsscgeo.training.config import SSLConfig
 from rsscgeo.training.schedule import adam_with_schedule
 

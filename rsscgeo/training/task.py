@@ -17,7 +17,7 @@ from torchmetrics.classification import Accuracy, F1Score, MultilabelAveragePrec
 from torchvision.transforms import v2
 
 from rsscgeo._torchgeo import ClassificationTask
-from rsscgeo.backbones import InitSpec, build_network
+from rsscgeo.inits import InitSpec, build_network
 from rsscgeo.training.schedule import adam_with_schedule
 
 

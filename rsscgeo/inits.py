@@ -1,8 +1,7 @@
-"""Networks and their initial weights.
+"""Where a network's initial weights come from: a registry of initialisations.
 
-Every network is a timm model, so all share ``forward_features``/``forward_head``/
-``reset_classifier``, which linear probing and domain-adaptive chaining rely on.
-Initialisations follow the paper's protocols:
+Each kind of :class:`InitSpec` is registered by decorator (as timm registers its
+models) and :func:`build_network` looks the kind up. Kinds follow the paper's protocols:
 
 * ``scratch``: random weights.
 * ``imagenet``: timm's pretrained weights (downloads from the hub; needs internet).
@@ -13,19 +12,26 @@ Initialisations follow the paper's protocols:
   ``weights_only=True``), e.g. self-supervised SwAV/MoCo ResNet-50 checkpoints.
 * ``rsscgeo``: the backbone of an earlier rsscgeo model file (domain-adaptive
   pre-training: ImageNet → source dataset → target).
+
+A new kind needs a name in :data:`InitKind` and a function registered under it with
+:func:`register_init` (returns the network) or :func:`register_weights` (returns
+backbone weights; the network starts random and its classifier always fresh).
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, Protocol, cast
+from typing import Literal
 
 import timm
 import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from rsscgeo.errors import DependencyMissingError, WeightsError
+from rsscgeo.modelfile import read_weights
+from rsscgeo.networks import create_network, load_backbone
 
 InitKind = Literal["scratch", "imagenet", "imagenet-offline", "file", "rsscgeo"]
 
@@ -52,38 +58,50 @@ class InitSpec(BaseModel):
         return f"{self.kind}:{self.path}" if self.path else self.kind
 
 
-class TimmNetwork(Protocol):
-    """The part of timm's model interface that rsscgeo relies on."""
+# (architecture, num_classes, in_chans, init) -> the initialised network.
+InitBuilder = Callable[[str, int, int, InitSpec], torch.nn.Module]
+# (architecture, init) -> backbone weights to load into a fresh network.
+WeightsSource = Callable[[str, InitSpec], dict[str, torch.Tensor]]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Unpooled backbone features."""
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pooling (and the classifier unless ``pre_logits``)."""
-
-    def get_classifier(self) -> torch.nn.Module:
-        """The final classification layer."""
+_INITS: dict[str, InitBuilder] = {}
 
 
-def as_timm(network: torch.nn.Module) -> TimmNetwork:
-    """View a timm model through its typed interface."""
-    return cast(TimmNetwork, network)
+def register_init(kind: InitKind) -> Callable[[InitBuilder], InitBuilder]:
+    """Register the function that builds an initialised network for ``kind``."""
+
+    def decorate(builder: InitBuilder) -> InitBuilder:
+        if kind in _INITS:
+            raise ValueError(f"init kind {kind!r} is registered twice")
+        _INITS[kind] = builder
+        return builder
+
+    return decorate
 
 
-def create_network(architecture: str, num_classes: int, in_chans: int) -> torch.nn.Module:
-    """Create a randomly initialised timm network.
+def register_weights(kind: InitKind) -> Callable[[WeightsSource], WeightsSource]:
+    """Register the function that supplies backbone weights for ``kind``.
 
-    Raises:
-        WeightsError: If timm does not know the architecture.
+    The network is created (random, fresh classifier) before the weights are read, so
+    an unknown architecture is reported before any problem with the weights.
     """
-    if not timm.is_model(architecture):
-        raise WeightsError(
-            f"unknown architecture {architecture!r}; use a timm model name such as "
-            "'resnet50' or 'tf_efficientnet_lite0' (see timm.list_models())."
-        )
-    return timm.create_model(
-        architecture, pretrained=False, num_classes=num_classes, in_chans=in_chans
-    )
+
+    def decorate(weights: WeightsSource) -> WeightsSource:
+        def build(
+            architecture: str, num_classes: int, in_chans: int, init: InitSpec
+        ) -> torch.nn.Module:
+            network = create_network(architecture, num_classes, in_chans)
+            load_backbone(network, weights(architecture, init), source=init.describe())
+            return network
+
+        register_init(kind)(build)
+        return weights
+
+    return decorate
+
+
+def init_kinds() -> tuple[str, ...]:
+    """The registered init kinds, in registration order."""
+    return tuple(_INITS)
 
 
 def build_network(
@@ -97,63 +115,56 @@ def build_network(
         WeightsError: If the weights cannot be found or do not fit the architecture.
         DependencyMissingError: If the offline ImageNet packages are not installed.
     """
-    if init.kind == "imagenet":
-        try:
-            return timm.create_model(
-                architecture, pretrained=True, num_classes=num_classes, in_chans=in_chans
-            )
-        except Exception as err:  # hub errors come as many types
-            raise WeightsError(
-                f"could not fetch ImageNet weights for {architecture!r} from the hub ({err}); "
-                "without internet use init kind 'imagenet-offline' (EfficientNet-Lite0) "
-                "or 'file' with a local weights file."
-            ) from None
-    network = create_network(architecture, num_classes, in_chans)
-    if init.kind == "scratch":
-        return network
-    if init.kind == "imagenet-offline":
-        state = offline_imagenet_state(architecture)
-    elif init.kind == "rsscgeo":
-        from rsscgeo.modelfile import read_weights
-
-        assert init.path is not None
-        state, card = read_weights(init.path)
-        if card.architecture != architecture:
-            raise WeightsError(
-                f"{init.path} is a {card.architecture!r} model but the config asks for "
-                f"{architecture!r}; set model.architecture to {card.architecture!r}."
-            )
-    else:
-        assert init.path is not None
-        state = read_state_dict(init.path)
-    load_backbone(network, state, source=init.describe())
-    return network
-
-
-def load_backbone(network: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load every backbone tensor of ``state`` into ``network``; keep its classifier.
-
-    Raises:
-        WeightsError: If backbone tensors are missing or have the wrong shape.
-    """
-    own = network.state_dict()
-    classifier = _classifier_prefix(network)
-    backbone_keys = [k for k in own if not k.startswith(classifier)]
-    state = _unwrap(state, backbone_keys)
-    missing = [k for k in backbone_keys if k not in state]
-    if missing:
+    builder = _INITS.get(init.kind)
+    if builder is None:
         raise WeightsError(
-            f"{source}: {len(missing)} backbone tensors missing (first: {missing[0]!r}); "
-            "the weights belong to another architecture."
+            f"unknown init kind {init.kind!r}; use one of {', '.join(init_kinds())}."
         )
-    bad = [k for k in backbone_keys if state[k].shape != own[k].shape]
-    if bad:
-        k = bad[0]
+    return builder(architecture, num_classes, in_chans, init)
+
+
+@register_init("scratch")
+def _scratch(architecture: str, num_classes: int, in_chans: int, init: InitSpec) -> torch.nn.Module:
+    return create_network(architecture, num_classes, in_chans)
+
+
+@register_init("imagenet")
+def _imagenet(
+    architecture: str, num_classes: int, in_chans: int, init: InitSpec
+) -> torch.nn.Module:
+    try:
+        return timm.create_model(
+            architecture, pretrained=True, num_classes=num_classes, in_chans=in_chans
+        )
+    except Exception as err:  # hub errors come as many types
         raise WeightsError(
-            f"{source}: tensor {k!r} has shape {tuple(state[k].shape)}, the network needs "
-            f"{tuple(own[k].shape)}; check model.architecture and the number of bands."
+            f"could not fetch ImageNet weights for {architecture!r} from the hub ({err}); "
+            "without internet use init kind 'imagenet-offline' (EfficientNet-Lite0) "
+            "or 'file' with a local weights file."
+        ) from None
+
+
+@register_weights("imagenet-offline")
+def _imagenet_offline(architecture: str, init: InitSpec) -> dict[str, torch.Tensor]:
+    return offline_imagenet_state(architecture)
+
+
+@register_weights("file")
+def _file(architecture: str, init: InitSpec) -> dict[str, torch.Tensor]:
+    assert init.path is not None  # InitSpec requires it
+    return read_state_dict(init.path)
+
+
+@register_weights("rsscgeo")
+def _rsscgeo(architecture: str, init: InitSpec) -> dict[str, torch.Tensor]:
+    assert init.path is not None  # InitSpec requires it
+    state, card = read_weights(init.path)
+    if card.architecture != architecture:
+        raise WeightsError(
+            f"{init.path} is a {card.architecture!r} model but the config asks for "
+            f"{architecture!r}; set model.architecture to {card.architecture!r}."
         )
-    network.load_state_dict({k: state[k] for k in backbone_keys}, strict=False)
+    return state
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -226,24 +237,3 @@ def offline_imagenet_state(architecture: str) -> dict[str, torch.Tensor]:
             )
         mapped[dst_key] = tensor
     return mapped
-
-
-def _classifier_prefix(network: torch.nn.Module) -> str:
-    cfg = getattr(network, "pretrained_cfg", {})
-    return f"{cfg.get('classifier', 'classifier')}."
-
-
-def _unwrap(state: dict[str, torch.Tensor], keys: list[str]) -> dict[str, torch.Tensor]:
-    """Drop the prefix that wrappers put before backbone keys.
-
-    Self-supervised checkpoints nest the backbone (``module.``, ``module.encoder_q.``,
-    ``backbone.``...); the prefix is found from where the first backbone key occurs.
-    """
-    if not keys or keys[0] in state:
-        return state
-    for key in state:
-        if key.endswith(keys[0]):
-            prefix = key[: -len(keys[0])]
-            if all(prefix + k in state for k in keys):
-                return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    return state

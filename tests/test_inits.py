@@ -2,23 +2,30 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
 import timm
 import torch
-from conftest import AID
 from PIL import Image
 from safetensors.torch import save_file
 
-from rsscgeo.backbones import InitSpec, build_network, offline_imagenet_state
 from rsscgeo.errors import WeightsError
+from rsscgeo.inits import (
+    InitKind,
+    InitSpec,
+    build_network,
+    init_kinds,
+    offline_imagenet_state,
+    register_init,
+)
 
 pytestmark = pytest.mark.real_data
 
 
-def _aid_batch(size: int = 224) -> torch.Tensor:
-    files = sorted(AID.glob("*/*.jpg"))[::900][:6]
+def _aid_batch(aid_dir: Path, size: int = 224) -> torch.Tensor:
+    files = sorted(aid_dir.glob("*/*.jpg"))[::900][:6]
     images = [np.asarray(Image.open(f).convert("RGB").resize((size, size))) for f in files]
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
     return (x - 0.5) / 0.5
@@ -26,7 +33,7 @@ def _aid_batch(size: int = 224) -> torch.Tensor:
 
 # The reference code pads statically for each model's own input size, so compare there.
 @pytest.mark.parametrize(("n", "size"), [(0, 224), (1, 240), (2, 260)])
-def test_offline_mapping_matches_reference_package_logits(n: int, size: int) -> None:
+def test_offline_mapping_matches_reference_package_logits(n: int, size: int, aid_dir: Path) -> None:
     import importlib
 
     from efficientnet_lite_pytorch import EfficientNet
@@ -37,7 +44,7 @@ def test_offline_mapping_matches_reference_package_logits(n: int, size: int) -> 
     reference.eval()
     mapped = timm.create_model(f"tf_efficientnet_lite{n}").eval()
     mapped.load_state_dict(offline_imagenet_state(f"tf_efficientnet_lite{n}"))
-    x = _aid_batch(size)
+    x = _aid_batch(aid_dir, size)
     with torch.no_grad():
         expected, actual = reference(x), mapped(x)
     assert expected.shape == (6, 1000)
@@ -94,3 +101,22 @@ def test_wrong_architecture_weights_are_refused(tmp_path: Path) -> None:
     save_file(timm.create_model("resnet18").state_dict(), str(path))
     with pytest.raises(WeightsError, match=r"backbone tensors missing|shape"):
         build_network("tf_efficientnet_lite0", 3, 3, InitSpec(kind="file", path=path))
+
+
+def test_every_init_kind_is_registered_and_nothing_else() -> None:
+    assert sorted(init_kinds()) == sorted(get_args(InitKind))
+    for kind in get_args(InitKind):
+        assert InitSpec(kind=kind, path=Path("w.safetensors")).kind == kind
+
+
+def test_a_kind_cannot_be_registered_twice() -> None:
+    with pytest.raises(ValueError, match="registered twice"):
+        register_init("scratch")(lambda *args: torch.nn.Identity())
+
+
+def test_scratch_init_builds_through_the_registry() -> None:
+    net = build_network("resnet18", 4, 2, InitSpec())
+    assert net.get_classifier().out_features == 4
+    assert net.state_dict()["conv1.weight"].shape[1] == 2
+    with pytest.raises(WeightsError, match="unknown architecture 'no-such-net'"):
+        build_network("no-such-net", 4, 3, InitSpec(kind="file", path=Path("missing.pt")))

@@ -1,4 +1,9 @@
-"""The paper's six datasets, each read in the layout its authors publish it in.
+"""Dataset layouts: how a folder or file becomes a catalogue, and ``open_catalog``.
+
+:func:`open_catalog` is the one way in. Given a layout name it opens one of the paper's
+published layouts (:data:`LAYOUTS`, listed by ``rsscgeo datasets list``); without one it
+tries the detected layouts (:data:`DETECTED`) in order: a ``path,labels`` CSV manifest
+file, BigEarthNet patch folders (``*/*_labels_metadata.json``), then a class-folder tree.
 
 Risojević & Stojnić (2021) train and test on AID, UC Merced, NWPU-RESISC45, PatternNet,
 RSI-CB256 and MLRSNet. Each loader takes the dataset's top folder as unpacked from its
@@ -51,7 +56,10 @@ from rsscgeo.data.catalog import (
     Task,
     class_index,
     folder_images,
+    read_manifest,
     require_known,
+    scan_bigearthnet,
+    scan_class_folders,
     scan_folders,
     subfolders,
 )
@@ -59,40 +67,60 @@ from rsscgeo.errors import DatasetError
 
 
 class Opener(Protocol):
-    """Reads one layout from the folder the user gave, with an optional fixed class list."""
+    """Reads one layout from the path the user gave, with an optional fixed class list."""
 
-    def __call__(self, root: Path, classes: Sequence[str] | None = None) -> Catalog:
+    def __call__(self, root: Path, /, classes: Sequence[str] | None = None) -> Catalog:
         """The catalogue of the dataset at ``root``."""
         ...
 
 
 @dataclass(frozen=True)
 class Layout:
-    """A dataset's published folder layout and the function that reads it."""
+    """A dataset layout and the function that reads it.
+
+    A published layout (``detect`` is ``None``) is chosen by name and carries its
+    dataset's class and image counts; a detected one is recognised by ``detect``.
+    """
 
     name: str
     dataset: str
-    n_classes: int
-    n_images: int
+    n_classes: int | None
+    n_images: int | None
     tree: str
-    task: Task
+    task: Task | None  # None: decided by the data (a manifest's rows)
     opener: Opener
+    detect: Callable[[Path], bool] | None = None
 
 
 LAYOUTS: dict[str, Layout] = {}
+"""The published layouts, by name (``data.layout``, ``rsscgeo datasets split``)."""
+DETECTED: dict[str, Layout] = {}
+"""The detected layouts, in the order :func:`open_catalog` tries them."""
 
 
 def register(
-    name: str, dataset: str, n_classes: int, n_images: int, tree: str, task: Task = "multiclass"
+    name: str,
+    dataset: str,
+    n_classes: int | None,
+    n_images: int | None,
+    tree: str,
+    task: Task | None = "multiclass",
+    detect: Callable[[Path], bool] | None = None,
 ) -> Callable[[Opener], Opener]:
-    """Decorator: make an opener known under ``name`` (see :data:`LAYOUTS`).
+    """Decorator: make an opener known under ``name``.
 
-    The registered opener first checks that its folder exists, called directly or not.
+    A published layout goes into :data:`LAYOUTS`, and its opener first checks that its
+    folder exists, called directly or not. With ``detect`` the layout goes into
+    :data:`DETECTED` instead, tried after those registered before it.
     """
 
     def add(opener: Opener) -> Opener:
+        if detect is not None:
+            DETECTED[name] = Layout(name, dataset, n_classes, n_images, tree, task, opener, detect)
+            return opener
+
         @functools.wraps(opener)
-        def checked(root: Path, classes: Sequence[str] | None = None) -> Catalog:
+        def checked(root: Path, /, classes: Sequence[str] | None = None) -> Catalog:
             root = Path(root)
             if not root.is_dir():
                 state = "is a file, not a folder" if root.exists() else "does not exist"
@@ -108,7 +136,7 @@ def register(
 
 
 def get_layout(name: str) -> Layout:
-    """The layout called ``name``.
+    """The published layout called ``name``.
 
     Raises:
         DatasetError: If no layout has that name, listing those that do.
@@ -121,18 +149,65 @@ def get_layout(name: str) -> Layout:
     return LAYOUTS[name]
 
 
-def open_dataset(layout: str, root: str | Path, classes: Sequence[str] | None = None) -> Catalog:
-    """Open the dataset at ``root`` as laid out by ``layout``.
+def open_catalog(
+    source: str | Path, classes: Sequence[str] | None = None, layout: str | None = None
+) -> Catalog:
+    """Open a dataset in a published layout, or detect its layout.
 
     Args:
-        layout: A name in :data:`LAYOUTS`, e.g. ``"aid"``.
-        root: The dataset's top folder (or the folder holding its class folders).
-        classes: A fixed class list (e.g. a model's); by default the dataset's own.
+        source: The dataset folder or manifest file; for a published layout, the
+            dataset's top folder (or the folder holding its class folders).
+        classes: A fixed class list (e.g. a model's); labels outside it are errors.
+            By default the classes are those found in the dataset.
+        layout: A published layout (``aid``, ``mlrsnet-multilabel``, ... see
+            :data:`LAYOUTS`); ``None`` detects a manifest file, BigEarthNet patch
+            folders or class folders (:data:`DETECTED`).
 
     Raises:
-        DatasetError: If the layout is unknown or the folder does not follow it.
+        DatasetError: If the source is missing, empty or malformed, or the layout unknown.
     """
-    return get_layout(layout).opener(Path(root), classes)
+    source = Path(source)
+    if layout is not None:
+        return get_layout(layout).opener(source, classes)
+    if not source.exists():
+        raise DatasetError(f"dataset {source} does not exist; check the path.")
+    for detected in DETECTED.values():
+        if detected.detect is not None and detected.detect(source):
+            return detected.opener(source, classes)
+    raise DatasetError(
+        f"dataset {source} is neither a folder nor a file; pass a dataset folder or a "
+        "path,labels CSV manifest."
+    )
+
+
+# The detected layouts, in the order open_catalog tries them: a file can only be a
+# manifest, and BigEarthNet's patch folders would otherwise read as class folders.
+register(
+    "manifest",
+    "CSV manifest",
+    None,
+    None,
+    "<file>.csv with rows 'path,labels' (labels separated by ';')",
+    task=None,
+    detect=Path.is_file,
+)(read_manifest)
+register(
+    "bigearthnet",
+    "BigEarthNet",
+    None,
+    None,
+    "<root>/<patch>/<patch>_B0x.tif + <patch>_labels_metadata.json",
+    task="multilabel",
+    detect=lambda source: any(source.glob("*/*_labels_metadata.json")),
+)(scan_bigearthnet)
+register(
+    "class-folders",
+    "class folders",
+    None,
+    None,
+    "<root>/<class>/<image>",
+    detect=Path.is_dir,
+)(scan_class_folders)
 
 
 def split_filename(layout: str, train_fraction: float, seed: int) -> str:

@@ -198,6 +198,16 @@ class LoadedModel:
         """
         return model_identity(self.model, self.card)
 
+    def with_network(self, model: torch.nn.Module) -> LoadedModel:
+        """The same model (same identity) run by another network object.
+
+        For views of these weights: moved to a device, channels-last, or exported to
+        another runtime (see ``rsscgeo.backends``).
+        """
+        other = LoadedModel(model, self.card)
+        other.__dict__["identity"] = self.identity  # what cached_property would store
+        return other
+
 
 def model_identity(model: torch.nn.Module, card: ModelCard) -> str:
     """A content hash of a model's card and weights.

@@ -24,11 +24,12 @@ SCENE = ROOT / "examples" / "scenes" / "naip_2020_rgbn.tif"  # 934 x 723 px, 5 m
 # At the scene's native 5 m (read at the model's 2 m it would have 6x the patches),
 # stride 50 and 100 px chunks: 13 x 17 patches in 7 x 9 = 63 chunks, so there is time
 # to interrupt a run between chunks.
-SMALL_CHUNKS = ("--gsd", "5", "--stride", "50", "--chunk-size", "100")
+# PyTorch, whichever backend is the default: the test models sleep in forward().
+SMALL_CHUNKS = ("--gsd", "5", "--stride", "50", "--chunk-size", "100", "--backend", "torch")
 CHUNKS = 63
 
 # Patch options of the Python runs below: 63 chunks of the demo scene at 5 m.
-SMALL = ClassifyOptions(gsd=5.0, stride=50, chunk_size=100)
+SMALL = ClassifyOptions(gsd=5.0, stride=50, chunk_size=100, backend="torch")
 
 
 def classify_locally(loaded: LoadedModel, out: tuple[Path, Path]) -> None:

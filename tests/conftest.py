@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for item in items:
             if "real_data" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """ONNX exports of this session's models, in a folder of its own (not the user's
+    cache); the rsscgeo processes the tests start inherit it."""
+    folder = tmp_path_factory.mktemp("rsscgeo-cache")
+    previous = os.environ.get("RSSCGEO_CACHE_DIR")
+    os.environ["RSSCGEO_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("RSSCGEO_CACHE_DIR", None)
+    else:
+        os.environ["RSSCGEO_CACHE_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ LAYERS = [
     {"errors", "_buffers", "colors", "yamlfile", "outputs"},
     {"networks", "data", "rasterfile", "_torchgeo"},
     {"modelfile"},
-    {"inits", "predict", "scene", "training"},
+    {"inits", "predict", "backends", "scene", "training"},
     {"experiments"},
     {"cli"},
 ]

@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from rsscgeo.cli.options import batch_size_option, json_option, model_argument, workers_option
+from rsscgeo.cli.options import (
+    backend_option,
+    batch_size_option,
+    json_option,
+    model_argument,
+    workers_option,
+)
 
 if TYPE_CHECKING:  # the CLI imports the library lazily, so --help stays fast
     from rsscgeo.data.catalog import Catalog
@@ -58,6 +64,7 @@ def _default_tta() -> bool:
     help="Write the risk-coverage curve (accuracy of the most confident images) as a PNG.",
 )
 @batch_size_option
+@backend_option
 @workers_option
 def evaluate(
     model: Path,
@@ -69,6 +76,7 @@ def evaluate(
     json_path: Path | None,
     curve_path: Path | None,
     batch_size: int,
+    backend: str,
     workers: int,
 ) -> None:
     """Evaluate MODEL on DATASET (class folders, a CSV manifest or BigEarthNet patches).
@@ -89,7 +97,7 @@ def evaluate(
     for path, option in ((json_path, "--json"), (curve_path, "--curve")):
         if path is not None:  # before the evaluation, which may take long
             check_output_folder(path.parent, option, create=False)
-    loaded = load_model(model)
+    loaded = _on_backend(load_model(model), backend)
     if curve_path is not None and loaded.card.task != "multiclass":
         raise click.UsageError("--curve needs a single-label model.")
     # Without a class map, labels are matched to the model's classes by name (a subset
@@ -114,6 +122,19 @@ def evaluate(
         marker = uncertain if uncertain is not None and uncertain.threshold > 0 else None
         plot_risk_coverage(curve_path, {dataset.name: curve}, title, marker)
         click.echo(f"risk-coverage curve written to {curve_path}")
+
+
+def _on_backend(loaded: LoadedModel, backend: str) -> LoadedModel:
+    """The model on the chosen backend; says why when it is not the one asked for."""
+    import torch
+
+    from rsscgeo.backends import choose_backend
+
+    gpu = torch.cuda.is_available()
+    choice = choose_backend(loaded, backend, gpu=gpu)  # type: ignore[arg-type]
+    if choice.fallback:
+        click.echo(choice.note, err=True)
+    return choice.loaded
 
 
 def _in_domain(

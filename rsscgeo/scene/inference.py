@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from rsscgeo._buffers import thread_buffer
+from rsscgeo.backends import OnnxNetwork, model_device
 from rsscgeo.modelfile import LoadedModel, ModelCard
 from rsscgeo.predict import probabilities
 from rsscgeo.scene.grid import Chunk, PatchGrid
@@ -102,11 +103,16 @@ def prefers_channels_last(model: torch.nn.Module) -> bool:
 
 
 def prepare_model(loaded: LoadedModel, device: torch.device) -> LoadedModel:
-    """``loaded`` on ``device``, channels-last where that helps, ready for classify_patches."""
+    """``loaded`` on ``device``, channels-last where that helps, ready for classify_patches.
+
+    An ONNX Runtime model gets a session with this process's torch thread count.
+    """
+    if isinstance(loaded.model, OnnxNetwork):
+        return loaded.with_network(loaded.model.with_threads(torch.get_num_threads()))
     model = loaded.model.to(device)
     if prefers_channels_last(model):
         model = model.to(memory_format=torch.channels_last)
-    return LoadedModel(model, loaded.card)
+    return loaded.with_network(model)
 
 
 @dataclass(frozen=True)
@@ -191,7 +197,7 @@ def classify_patches(
     the model runs under fp16 autocast.
     """
     card = loaded.card
-    device = next(loaded.model.parameters()).device
+    device = model_device(loaded.model)
     on_gpu = device.type == "cuda"
     preprocess = preprocess.to(device)
     outputs = []

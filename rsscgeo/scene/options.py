@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from rsscgeo.errors import OptionError
 
@@ -37,6 +38,8 @@ class ClassifyOptions:
         uncertain_below: Map patches whose calibrated top-1 probability is below this
             as Uncertain (``None``: the card's threshold; 0 disables it).
         probabilities: Also write one probability band per class into a GeoTIFF.
+        backend: ``torch``, ``onnx`` (ONNX Runtime) or ``auto`` (ONNX Runtime on CPU,
+            PyTorch on a GPU); see :mod:`rsscgeo.backends`.
     """
 
     patch_size: int | None = None
@@ -49,6 +52,7 @@ class ClassifyOptions:
     tta: bool = False
     uncertain_below: float | None = None
     probabilities: bool = False
+    backend: Literal["auto", "torch", "onnx"] = "auto"
 
     def __post_init__(self) -> None:
         """Refuse values no run can use.
@@ -64,6 +68,8 @@ class ClassifyOptions:
             raise OptionError(f"bands={self.bands} must be 1-based band numbers, e.g. (1, 2, 3).")
         if self.gsd is not None and not (math.isfinite(self.gsd) and self.gsd > 0):
             raise OptionError(f"gsd={self.gsd} must be a positive resolution (CRS units/px).")
+        if self.backend not in ("auto", "torch", "onnx"):
+            raise OptionError(f"backend={self.backend!r} must be auto, torch or onnx.")
         for name in ("min_valid", "uncertain_below"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from rsscgeo.backends import choose_backend
 from rsscgeo.errors import OptionError, OutputError, OutputExistsError, SceneError
 from rsscgeo.modelfile import LoadedModel
 from rsscgeo.outputs import check_output_folder
@@ -49,6 +50,7 @@ class ScenePlan:
         legend: The map's categories (the card's classes, and Uncertain).
         work: The chunk task.
         chunk_side: Patches per side of a chunk (one task).
+        backend: What runs the model: ``torch`` or ``onnx`` (see ``rsscgeo.backends``).
         notes: The decisions made, in words, for the run's report.
     """
 
@@ -61,6 +63,7 @@ class ScenePlan:
     legend: Legend
     work: ChunkWork
     chunk_side: int
+    backend: str
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -82,6 +85,7 @@ class ScenePlan:
             "scaling": [self.scaling.low, self.scaling.high],
             "chunk_side": self.chunk_side,
             "tta": self.options.tta,
+            "backend": self.backend,
         }
 
 
@@ -97,7 +101,8 @@ def plan_scene(
 
     Args:
         scenes: One or more raster files that form one mosaic.
-        loaded: The model.
+        loaded: The model (run by the backend ``options.backend`` picks; the plan's
+            ``model`` is the one that runs).
         options: How to read and classify (default: ``ClassifyOptions()``).
         outputs: Where to write; ``None`` plans for lazy results only.
         say: Receives each decision, in words, as it is made.
@@ -112,6 +117,8 @@ def plan_scene(
     card = loaded.card
     if outputs is not None:
         check_outputs(outputs, card.num_classes)
+    choice = choose_backend(loaded, options.backend, gpu=torch.cuda.is_available())
+    loaded = choice.loaded
     legend = Legend.for_card(card, options.uncertain_below)
     info = inspect_scenes(scenes)
     band_indexes = _band_indexes(info, options.bands, len(card.bands))
@@ -123,6 +130,7 @@ def plan_scene(
     grid = reader.grid(patch, options.stride or patch)
     scaling, scale_note = _scaling(reader, grid, info, card.input_scale, len(band_indexes))
     notes.append(scale_note)
+    notes.append(choice.note)
     if options.tta:
         notes.append("test-time augmentation: probabilities averaged over 8 rotations/flips")
     for note in notes:
@@ -130,7 +138,9 @@ def plan_scene(
     raw_dtype = torch.uint8 if info.dtype == "uint8" else torch.float32
     work = ChunkWork.build(reader, grid, scaling, raw_dtype, loaded, options)
     side = chunk_side(grid, options.chunk_size)
-    return ScenePlan(loaded, options, outputs, reader, grid, scaling, legend, work, side, notes)
+    return ScenePlan(
+        loaded, options, outputs, reader, grid, scaling, legend, work, side, choice.backend, notes
+    )
 
 
 def check_outputs(outputs: ClassifyOutputs, num_classes: int) -> None:

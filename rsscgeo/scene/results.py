@@ -13,6 +13,7 @@ import numpy as np
 import xarray as xr
 from dask.delayed import delayed
 
+from rsscgeo.backends import model_device
 from rsscgeo.modelfile import LoadedModel
 from rsscgeo.scene.inference import prepare_model
 from rsscgeo.scene.options import ClassifyOptions
@@ -39,7 +40,7 @@ def patch_dataset(
         SceneError: If the scene or the options cannot be used with this model.
     """
     card = loaded.card
-    loaded = prepare_model(loaded, next(loaded.model.parameters()).device)
+    loaded = prepare_model(loaded, model_device(loaded.model))
     plan = plan_scene(scenes, loaded, options)
     grid, side, work = plan.grid, plan.chunk_side, plan.work
     prob_rows: list[list[da.Array]] = [[] for _ in range(0, grid.rows, side)]

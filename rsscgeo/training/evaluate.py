@@ -16,6 +16,7 @@ from torchmetrics.functional.classification import (
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from rsscgeo.backends import model_device
 from rsscgeo.data.catalog import Catalog
 from rsscgeo.data.torch_dataset import TileDataset
 from rsscgeo.modelfile import LoadedModel, ModelCard
@@ -74,7 +75,7 @@ def predict(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``network`` over ``dataset``; return stacked logits and labels (on CPU)."""
     network.eval()
-    device = next(network.parameters()).device
+    device = model_device(network)
     return _collect(network, device, dataset, batch_size, num_workers, description)
 
 
@@ -94,7 +95,7 @@ def predict_probabilities(
     """
     model, card = loaded.model, loaded.card
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
         return probabilities(model, batch, card, tta=tta)

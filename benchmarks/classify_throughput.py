@@ -9,15 +9,26 @@ card's resize; it makes the run I/O-bound):
 
 1. decode bound: rasterio reads the whole raster block by block on all cores
    (a thread pool over the 256x256 blocks, one dataset handle per thread);
-2. model-only bound: random, already normalised float batches at the card's eval size
-   (the 150 px patch resized to 176) through the model, with torch's threads
-   (intra-op) and with one torch thread per worker thread (as ``classify_scene``
-   runs); the faster of the two is the bound;
-3. end to end: ``rsscgeo.scene.classify.classify_scene`` (GeoTIFF output only,
-   ``progress=False``), in a subprocess, which also reports its peak RSS;
+2. model-only bound, per backend (``--backends``, default ``torch,onnx``): random,
+   already normalised float batches at the card's eval size (the 150 px patch resized
+   to 176) through the model, with all cores as intra-op threads of one caller and
+   with one intra-op thread per worker thread (as ``classify_scene`` runs); the faster
+   of the two is the bound. ``torch`` runs the PyTorch network (channels-last),
+   ``onnx`` the ``OnnxNetwork`` that ``rsscgeo.backends.choose_backend`` returns (one
+   ONNX Runtime session per layout, ``with_threads``);
+3. end to end, once per backend: ``rsscgeo.scene.classify.classify_scene`` (GeoTIFF
+   output with the class band and, unless ``--no-probabilities``, one probability band
+   per class; ``ClassifyOptions(backend=...)``, ``progress=False``), in a subprocess,
+   which also reports its peak RSS. The torch and onnx outputs are then compared
+   (class band and top-1 agreement, largest probability difference);
 4. TorchGeo loop: ``RasterDataset`` + ``GridGeoSampler(size=150, stride=150, units=PIXELS)``
    + ``DataLoader(batch_size=64, collate_fn=stack_samples)``, one patch per sample,
-   then the same scaling, resize, normalisation, model and softmax.
+   then the same scaling, resize, normalisation, PyTorch model and softmax.
+
+ONNX exports are cached in ``$RSSCGEO_CACHE_DIR/onnx``; when that variable is unset the
+benchmark points it at its temporary folder, so every run exports afresh (the export
+and check time is printed) and the user's cache is left alone. A model whose export
+fails or disagrees with PyTorch is reported as such instead of an onnx figure.
 
 patches/s counts patches of the 150 px grid (the last row and column padded, as both
 ``classify_scene`` and ``GridGeoSampler`` do); MP/s is megapixels of scene per second
@@ -27,7 +38,7 @@ and 32768^2 scenes; see benchmarks/README.md for timings.
 
 Example::
 
-    .venv/bin/python benchmarks/classify_throughput.py --size 4096
+    .venv/bin/python benchmarks/classify_throughput.py --size 4096 --backends torch,onnx
 """
 
 from __future__ import annotations
@@ -59,7 +70,10 @@ import torch.nn.functional as F
 from affine import Affine
 from rasterio.windows import Window
 
+from rsscgeo.backends import Backend, OnnxNetwork, choose_backend, model_device
+from rsscgeo.errors import ModelFileError
 from rsscgeo.modelfile import BUNDLED_MODEL, LoadedModel, load_model, read_card
+from rsscgeo.scene.legend import CLASS_NODATA
 
 PIXEL_SIZE = 2.0
 CRS = "EPSG:32633"
@@ -69,6 +83,7 @@ STRIP = 512  # rows generated per write; a multiple of every octave below
 OCTAVES = ((256, 55.0), (32, 28.0), (4, 12.0))  # (cell px, amplitude): coarse to fine
 PIXEL_NOISE = 5  # +- uniform integer noise per pixel and band
 MODELS = ("bundled", "trivial")
+BACKENDS = ("torch", "onnx")
 TARGETS = {
     "trivial e2e / decode": 0.8,
     "trivial e2e / torchgeo": 10.0,
@@ -158,7 +173,8 @@ class TrivialNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of an N x C x H x W batch."""
-        return self.head(x.mean(dim=(2, 3)))
+        logits: torch.Tensor = self.head(x.mean(dim=(2, 3)))
+        return logits
 
 
 def get_model(name: str) -> LoadedModel:
@@ -180,6 +196,34 @@ def get_model(name: str) -> LoadedModel:
     )
 
 
+def onnx_model(name: str) -> tuple[LoadedModel | None, str]:
+    """``name``'s model on ONNX Runtime, as ``classify_scene`` would run it, or why not.
+
+    Exports (or finds in the cache) and checks the model with ``choose_backend``; a
+    fresh copy of the model is used, since the export moves the network to the CPU.
+
+    Returns:
+        (the model with an ``OnnxNetwork``, a note on the export) or (None, why not).
+    """
+    started = time.perf_counter()
+    try:
+        choice = choose_backend(get_model(name), "onnx", gpu=False)
+    except ModelFileError as err:
+        return None, f"no ONNX export: {err}"
+    if choice.fallback or not isinstance(choice.loaded.model, OnnxNetwork):
+        return None, choice.note
+    prepared = time.perf_counter() - started
+    network = choice.loaded.model
+    started = time.perf_counter()
+    network.with_threads(network.threads + 1)  # a throwaway session: its opening time
+    opening = time.perf_counter() - started
+    size = len(network.onnx) / 2**20
+    return choice.loaded, (
+        f"export {size:.1f} MiB: export/cache + check {prepared:.1f} s, "
+        f"session open {opening:.2f} s"
+    )
+
+
 # --------------------------------------------------------------------------- results
 
 
@@ -193,6 +237,7 @@ class Figure:
     seconds: float
     pixels: float  # scene pixels covered by the patches done
     note: str = ""
+    backend: str = "torch"  # what ran the model: torch, onnx, or "-" (no model)
 
     @property
     def patches_per_second(self) -> float:
@@ -207,25 +252,29 @@ class Figure:
 
 @dataclass
 class Results:
-    """Everything measured in one run, by (model, path)."""
+    """Everything measured in one run, by (model, path, backend)."""
 
-    figures: dict[tuple[str, str], Figure] = field(default_factory=dict)
+    figures: dict[tuple[str, str, str], Figure] = field(default_factory=dict)
     rss: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # model -> why it has no onnx figures (its export failed or disagrees with PyTorch)
+    no_onnx: dict[str, str] = field(default_factory=dict)
+    # model -> torch vs onnx end-to-end outputs (see compare_outputs)
+    agreement: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def add(self, figure: Figure) -> Figure:
         """Store and print one figure."""
-        self.figures[(figure.model, figure.path)] = figure
+        self.figures[(figure.model, figure.path, figure.backend)] = figure
         print(
-            f"  {figure.model:<8} {figure.path:<12} {figure.patches:>7d} patches "
-            f"{figure.seconds:>8.2f} s {figure.patches_per_second:>9.1f} patch/s "
+            f"  {figure.model:<8} {figure.path:<12} {figure.backend:<7} {figure.patches:>7d} "
+            f"patches {figure.seconds:>8.2f} s {figure.patches_per_second:>9.1f} patch/s "
             f"{figure.megapixels_per_second:>8.2f} MP/s  {figure.note}",
             flush=True,
         )
         return figure
 
-    def get(self, model: str, path: str) -> Figure | None:
+    def get(self, model: str, path: str, backend: str = "torch") -> Figure | None:
         """A figure, or None if it was not measured."""
-        return self.figures.get((model, path))
+        return self.figures.get((model, path, backend))
 
 
 # --------------------------------------------------------------------------- (1) decode
@@ -287,9 +336,10 @@ def model_only(
     """Random normalised batches at the card's input size through the model.
 
     ``workers`` Python threads each run batches with ``torch_threads`` intra-op threads
-    (process-wide). After one warm-up batch per worker, rounds of one batch per worker
-    run until ``max_seconds`` have passed or ``max_patches`` are done (at least two
-    rounds).
+    (process-wide for PyTorch; for an ``OnnxNetwork``, one ONNX Runtime session with
+    that many intra-op threads, shared by the workers as ``classify_scene`` shares it).
+    After one warm-up batch per worker, rounds of one batch per worker run until
+    ``max_seconds`` have passed or ``max_patches`` are done (at least two rounds).
 
     Returns:
         (patches, seconds).
@@ -297,15 +347,22 @@ def model_only(
     previous = torch.get_num_threads()
     torch.set_num_threads(torch_threads)
     card = loaded.card
-    device = next(loaded.model.parameters()).device
+    network = loaded.model
+    device = model_device(network)
     size = card.input_size
     generator = torch.Generator().manual_seed(0)
-    # Channels-last model and batches: the fastest layout, and the one classify_scene uses.
-    loaded.model.to(memory_format=torch.channels_last)
+    if isinstance(network, OnnxNetwork):
+        # ONNX Runtime takes contiguous NCHW arrays (classify_scene feeds it those).
+        network = network.with_threads(torch_threads)
+        layout = torch.contiguous_format
+    else:
+        # Channels-last model and batches: the fastest layout, and the one classify_scene uses.
+        network.to(memory_format=torch.channels_last)
+        layout = torch.channels_last
     batches = [
         torch.randn(batch_size, len(card.bands), size, size, generator=generator)
         .to(device)
-        .contiguous(memory_format=torch.channels_last)
+        .contiguous(memory_format=layout)
         for _ in range(2)
     ]
 
@@ -315,7 +372,7 @@ def model_only(
             torch.inference_mode(),
             torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"),
         ):
-            return F.softmax(loaded.model(batches[index % len(batches)]).float(), dim=1).cpu()
+            return F.softmax(network(batches[index % len(batches)]).float(), dim=1).cpu()
 
     try:
         with ThreadPoolExecutor(workers) as pool:
@@ -338,7 +395,14 @@ def model_only(
 
 
 def run_e2e_child(
-    scene: Path, out: Path, model: str, args: argparse.Namespace, mode: str = "time"
+    scene: Path,
+    out: Path,
+    model: str,
+    args: argparse.Namespace,
+    mode: str = "time",
+    *,
+    backend: str = "torch",
+    probabilities: bool = False,
 ) -> dict[str, Any]:
     """Run ``classify_scene`` in a fresh Python process and return what it reports.
 
@@ -348,9 +412,11 @@ def run_e2e_child(
         model: ``bundled`` or ``trivial``.
         args: The options (``workers``, ``batch_size``, ``device``).
         mode: ``time``, ``stages`` or ``cprofile`` (see :func:`e2e_child`).
+        backend: ``ClassifyOptions.backend``: ``torch`` or ``onnx``.
+        probabilities: Also write one probability band per class.
 
     Returns:
-        The child's JSON report (seconds, patches, peak RSS, ...).
+        The child's JSON report (seconds, patches, peak RSS, backend note, ...).
     """
     command = [
         sys.executable,
@@ -362,9 +428,12 @@ def run_e2e_child(
         f"--batch-size={args.batch_size}",
         f"--mode={mode}",
         f"--device={args.device}",
+        f"--backend={backend}",
     ]
     if args.workers:
         command.append(f"--workers={args.workers}")
+    if probabilities:
+        command.append("--probabilities")
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"end-to-end child failed:\n{result.stdout}\n{result.stderr}")
@@ -420,8 +489,13 @@ class _TimedModel(torch.nn.Module):
             self.stages.add("model forward", time.perf_counter() - started)
 
 
-def _instrument(loaded: LoadedModel) -> tuple[LoadedModel, _Stages]:
-    """Patch timers around the stages of ``classify_scene`` (they are looked up by name)."""
+def _instrument(loaded: LoadedModel, backend: str) -> tuple[LoadedModel, _Stages]:
+    """Patch timers around the stages of ``classify_scene`` (they are looked up by name).
+
+    The model's forward passes are timed by a wrapper network (``torch``) or by a timer
+    on ``OnnxNetwork.forward`` (``onnx``: a wrapper would change the model's identity,
+    so its export, and be replaced by the export anyway).
+    """
     import rasterio.merge
 
     import rsscgeo._torchgeo as tg
@@ -442,13 +516,19 @@ def _instrument(loaded: LoadedModel) -> tuple[LoadedModel, _Stages]:
     inference.Preprocess.__call__ = stages.wrap(  # type: ignore[method-assign]
         " Preprocess (scale+normalise+resize)", inference.Preprocess.__call__
     )
-    tasks.classify_chunk = stages.wrap("classify_chunk", tasks.classify_chunk)
+    tasks.classify_chunk = stages.wrap(  # type: ignore[attr-defined]
+        "classify_chunk",
+        tasks.classify_chunk,  # type: ignore[attr-defined]
+    )
     writers.GeoTiffWriter.write = stages.wrap(  # type: ignore[method-assign]
         "GeoTiffWriter.write", writers.GeoTiffWriter.write
     )
     writers.GeoTiffWriter.finish = stages.wrap(  # type: ignore[method-assign]
         "GeoTiffWriter.finish (COG copy)", writers.GeoTiffWriter.finish
     )
+    if backend == "onnx":
+        OnnxNetwork.forward = stages.wrap("model forward", OnnxNetwork.forward)  # type: ignore[method-assign]
+        return loaded, stages
     timed = LoadedModel(model=_TimedModel(loaded.model, stages).eval(), card=loaded.card)
     return timed, stages
 
@@ -481,6 +561,8 @@ def e2e_child(argv: Sequence[str]) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--mode", choices=("time", "stages", "cprofile"), default="time")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch")
+    parser.add_argument("--probabilities", action="store_true")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
 
@@ -490,7 +572,7 @@ def e2e_child(argv: Sequence[str]) -> None:
     loaded = get_model(args.model)
     stages: _Stages | None = None
     if args.mode == "stages":
-        loaded, stages = _instrument(loaded)
+        loaded, stages = _instrument(loaded, args.backend)
     workers = args.workers
     profiler: cProfile.Profile | None = None
     if args.mode == "cprofile":
@@ -501,12 +583,18 @@ def e2e_child(argv: Sequence[str]) -> None:
     baseline_mb = _peak_rss_mb()
     started = time.perf_counter()
     if profiler is not None:
-        summary = _run_chunks_in_this_thread(args.scene, loaded, args.batch_size, profiler)
+        summary = _run_chunks_in_this_thread(
+            args.scene, loaded, args.batch_size, args.backend, profiler
+        )
     else:
         from rsscgeo.scene.engine import open_engine
         from rsscgeo.scene.options import ClassifyOptions, ClassifyOutputs
 
-        options = ClassifyOptions(batch_size=args.batch_size)
+        options = ClassifyOptions(
+            batch_size=args.batch_size,
+            backend=args.backend,
+            probabilities=args.probabilities,
+        )
         outputs = ClassifyOutputs(geotiff=args.out, overwrite=True)
         with open_engine(workers=workers, device=args.device) as engine:
             summary = classify.classify_scene(
@@ -549,25 +637,38 @@ def e2e_child(argv: Sequence[str]) -> None:
                 "baseline_rss_mb": baseline_mb,
                 "peak_rss_mb": peak_mb,
                 "torch_threads": torch.get_num_threads(),
+                "backend_note": next(
+                    (n for n in summary.notes if n.startswith("backend:")), "backend: ?"
+                ),
             }
         )
     )
 
 
 def _run_chunks_in_this_thread(
-    scene: Path, loaded: LoadedModel, batch_size: int, profiler: cProfile.Profile
+    scene: Path,
+    loaded: LoadedModel,
+    batch_size: int,
+    backend: Backend,
+    profiler: cProfile.Profile,
 ) -> Any:
-    """Every chunk task of ``scene`` in this thread under ``profiler``; a run summary."""
+    """Every chunk task of ``scene`` in this thread under ``profiler``; a run summary.
+
+    The model runs as the plan picks it (``backend``) and a worker prepares it.
+    """
     import rsscgeo.scene.classify as classify
+    from rsscgeo.scene.inference import prepare_model
     from rsscgeo.scene.options import ClassifyOptions
     from rsscgeo.scene.plan import plan_scene
 
-    plan = plan_scene([scene], loaded, ClassifyOptions(batch_size=batch_size))
-    summary = classify.ClassifySummary(plan.grid, [])
+    options = ClassifyOptions(batch_size=batch_size, backend=backend)
+    plan = plan_scene([scene], loaded, options)
+    runner = prepare_model(plan.model, torch.device("cpu"))
+    summary = classify.ClassifySummary(plan.grid, [], notes=list(plan.notes))
     started = time.perf_counter()
     profiler.enable()
     for chunk in plan.chunks:
-        result = plan.work(chunk, loaded)
+        result = plan.work(chunk, runner)
         summary.classified += int(result.classified.sum())
         summary.skipped += int((~result.classified).sum())
     profiler.disable()
@@ -592,7 +693,7 @@ def torchgeo_loop(
 
     from rsscgeo.predict import card_transform
 
-    class Scene(RasterDataset):  # type: ignore[misc]
+    class Scene(RasterDataset):
         filename_glob = scene.name
 
     card = loaded.card
@@ -629,7 +730,7 @@ def torchgeo_loop(
 
 
 def measure(args: argparse.Namespace, workdir: Path, results: Results) -> None:
-    """Write the scene and run the four paths for each model."""
+    """Write the scene and run the four paths for each model (and each backend)."""
     cores = os.cpu_count() or 1
     workers = args.workers or cores
     scene = workdir / f"scene_{args.size}.tif"
@@ -647,68 +748,84 @@ def measure(args: argparse.Namespace, workdir: Path, results: Results) -> None:
     total = grid_patches(args.size, patch)
     print(
         f"{cores} cores; {workers} worker threads; patch {patch} px (stride {patch}), "
-        f"eval size {card.input_size}; {total} patches; batch {args.batch_size}",
+        f"eval size {card.input_size}; {total} patches; batch {args.batch_size}; "
+        f"backends {','.join(args.backends)}",
         flush=True,
     )
     print(
-        f"  {'model':<8} {'path':<12} {'patches':>15} {'seconds':>10} "
+        f"  {'model':<8} {'path':<12} {'backend':<7} {'patches':>15} {'seconds':>10} "
         f"{'rate':>17} {'scene rate':>13}"
     )
     per_patch = float(patch * patch)
     if "decode" in args.paths:
         runs = [decode_bound(scene, workers) for _ in range(args.decode_repeats)]
         best, blocks = min(runs)
-        figure = Figure("-", "decode", total, best, pixels, f"{blocks} blocks of {BLOCK}^2")
+        figure = Figure(
+            "-", "decode", total, best, pixels, f"{blocks} blocks of {BLOCK}^2", backend="-"
+        )
         for model in args.models:
-            results.figures[(model, "decode")] = figure
+            results.figures[(model, "decode", "-")] = figure
         results.add(figure)
         chunk = (2048 // patch) * patch
         seconds, windows = min(decode_bound(scene, workers, chunk) for _ in range(2))
         results.add(
-            Figure("-", "decode-chunk", total, seconds, pixels, f"{windows} windows of {chunk}^2")
+            Figure(
+                "-",
+                "decode-chunk",
+                total,
+                seconds,
+                pixels,
+                f"{windows} windows of {chunk}^2",
+                backend="-",
+            )
         )
     for model in args.models:
+        runners: dict[str, LoadedModel] = {}
+        if "onnx" in args.backends and {"model", "e2e"} & set(args.paths):
+            onnx, why = onnx_model(model)  # before the torch model moves to --device
+            if onnx is None:
+                results.no_onnx[model] = why
+                print(f"  {model:<8} {'model, e2e':<12} {'onnx':<7} not measured: {why}")
+            else:
+                runners["onnx"] = onnx
+                print(f"  {model:<8} {'(export)':<12} {'onnx':<7} {why}", flush=True)
         loaded = get_model(model)
         loaded = LoadedModel(loaded.model.to(args.device), loaded.card)
+        if "torch" in args.backends:
+            runners["torch"] = loaded
+        backends = [b for b in args.backends if b in runners]
         if "model" in args.paths:
-            n, secs = model_only(loaded, args.batch_size, 1, cores, args.max_seconds, total)
-            intra = Figure(
-                model, "model-intra", n, secs, n * per_patch, f"1 thread x {cores} torch threads"
-            )
-            n, secs = model_only(
-                loaded,
-                args.batch_size,
-                workers,
-                max(1, cores // workers),
-                args.max_seconds,
-                total,
-            )
-            inter = Figure(
-                model,
-                "model-inter",
-                n,
-                secs,
-                n * per_patch,
-                f"{workers} threads x {max(1, cores // workers)} torch thread(s)",
-            )
-            results.add(intra)
-            results.add(inter)
-            best_model = max(intra, inter, key=lambda f: f.patches_per_second)
-            results.figures[(model, "model")] = best_model
+            for backend in backends:
+                model_bound(args, results, model, backend, runners[backend], total, per_patch)
         if "e2e" in args.paths:
-            out = workdir / f"labels_{model}.tif"
-            report = run_e2e_child(scene, out, model, args)
-            figure = Figure(
-                model,
-                "e2e",
-                report["patches"],
-                report["seconds"],
-                pixels,
-                f"loop {report['loop_seconds']:.2f} s; peak RSS {report['peak_rss_mb']:.0f} MiB "
-                f"(after imports+model {report['baseline_rss_mb']:.0f} MiB)",
-            )
-            results.add(figure)
-            results.rss[f"{model} {args.size}^2"] = report
+            outputs: dict[str, Path] = {}
+            for backend in backends:
+                outputs[backend] = workdir / f"labels_{model}_{backend}.tif"
+                report = run_e2e_child(
+                    scene,
+                    outputs[backend],
+                    model,
+                    args,
+                    backend=backend,
+                    probabilities=args.probabilities,
+                )
+                note = (
+                    f"loop {report['loop_seconds']:.2f} s; peak RSS "
+                    f"{report['peak_rss_mb']:.0f} MiB (after imports+model "
+                    f"{report['baseline_rss_mb']:.0f} MiB)"
+                )
+                ran = str(report["backend_note"])
+                if backend == "onnx" and not ran.startswith("backend: ONNX Runtime"):
+                    note += f"; RAN ON PYTORCH: {ran}"
+                figure = Figure(
+                    model, "e2e", report["patches"], report["seconds"], pixels, note, backend
+                )
+                results.add(figure)
+                results.rss[f"{model} {backend} {args.size}^2"] = report
+            if {"torch", "onnx"} <= outputs.keys():
+                agreement = compare_outputs(outputs["torch"], outputs["onnx"])
+                results.agreement[model] = agreement
+                print(f"  {model:<8} {'e2e outputs':<12} {'both':<7} {_agreement(agreement)}")
         if "torchgeo" in args.paths:
             done, count, secs = torchgeo_loop(
                 scene, loaded, args.batch_size, args.tg_workers, args.max_seconds
@@ -717,27 +834,116 @@ def measure(args: argparse.Namespace, workdir: Path, results: Results) -> None:
             if done < count:
                 note += f"; stopped at {done}/{count} patches (--max-seconds)"
             results.add(Figure(model, "torchgeo", done, secs, pixels * done / count, note))
-        del loaded
+        del loaded, runners
     if args.profile:
         for mode in ("stages", "cprofile"):
-            print(f"\nprofile of the end-to-end path ({args.profile_model} model, {mode}):")
+            print(
+                f"\nprofile of the end-to-end path ({args.profile_model} model, "
+                f"{args.profile_backend}, {mode}):"
+            )
             run_e2e_child(
                 scene,
                 workdir / "labels_profile.tif",
                 args.profile_model,
                 args,
                 mode,
+                backend=args.profile_backend,
             )
     if args.rss:
         rss_runs(args, workdir, scene, results)
 
 
+def model_bound(
+    args: argparse.Namespace,
+    results: Results,
+    model: str,
+    backend: str,
+    loaded: LoadedModel,
+    total: int,
+    per_patch: float,
+) -> None:
+    """The model-only bound of ``loaded`` in both thread layouts; the faster is the bound."""
+    cores = os.cpu_count() or 1
+    workers = args.workers or cores
+    threads = max(1, cores // workers)
+    unit = "intra-op" if backend == "onnx" else "torch"
+    n, secs = model_only(loaded, args.batch_size, 1, cores, args.max_seconds, total)
+    intra = Figure(
+        model,
+        "model-intra",
+        n,
+        secs,
+        n * per_patch,
+        f"1 thread x {cores} {unit} threads",
+        backend,
+    )
+    n, secs = model_only(loaded, args.batch_size, workers, threads, args.max_seconds, total)
+    inter = Figure(
+        model,
+        "model-inter",
+        n,
+        secs,
+        n * per_patch,
+        f"{workers} threads x {threads} {unit} thread(s)",
+        backend,
+    )
+    results.add(intra)
+    results.add(inter)
+    best = max(intra, inter, key=lambda f: f.patches_per_second)
+    results.figures[(model, "model", backend)] = best
+
+
+def compare_outputs(torch_tif: Path, onnx_tif: Path) -> dict[str, float]:
+    """How far the onnx end-to-end GeoTIFF is from the torch one, patch by patch.
+
+    Returns:
+        ``patches`` (classified in both), ``skipped_mismatch`` (classified in one only),
+        ``class_band_agreement`` (equal class band values, Uncertain included), and with
+        probability bands ``top1_agreement`` (equal argmax) and
+        ``max_probability_difference`` (largest absolute difference of any class).
+    """
+    with rasterio.open(torch_tif) as a, rasterio.open(onnx_tif) as b:
+        first, second = a.read(), b.read()
+    classes_a, classes_b = first[0], second[0]
+    done_a, done_b = classes_a != CLASS_NODATA, classes_b != CLASS_NODATA
+    both = done_a & done_b
+    agreement: dict[str, float] = {
+        "patches": float(both.sum()),
+        "skipped_mismatch": float((done_a != done_b).sum()),
+        "class_band_agreement": float((classes_a == classes_b)[both].mean()),
+    }
+    if len(first) > 1 and len(second) > 1:
+        probs_a, probs_b = first[1:, both], second[1:, both]
+        agreement["top1_agreement"] = float((probs_a.argmax(0) == probs_b.argmax(0)).mean())
+        agreement["max_probability_difference"] = float(abs(probs_a - probs_b).max())
+    return agreement
+
+
+def _agreement(agreement: dict[str, float]) -> str:
+    """One line on a ``compare_outputs`` result."""
+    text = (
+        f"torch vs onnx on {agreement['patches']:.0f} patches: class band "
+        f"{agreement['class_band_agreement']:.4f} equal"
+    )
+    if "top1_agreement" in agreement:
+        text += (
+            f", top-1 {agreement['top1_agreement']:.4f} equal, max |p_onnx - p_torch| "
+            f"{agreement['max_probability_difference']:.2g}"
+        )
+    if agreement["skipped_mismatch"]:
+        text += f"; {agreement['skipped_mismatch']:.0f} patches skipped in one only"
+    return text
+
+
 def rss_runs(args: argparse.Namespace, workdir: Path, scene: Path, results: Results) -> None:
     """Peak RSS of the end-to-end path (trivial model) at each of ``--rss-sizes``."""
     ratio = scene.stat().st_size / args.size**2
-    print(f"\npeak RSS of classify_scene ({args.rss_model} model), one subprocess per size:")
+    print(
+        f"\npeak RSS of classify_scene ({args.rss_model} model, {args.rss_backend}), "
+        "one subprocess per size:"
+    )
     for size in args.rss_sizes:
-        key = f"{args.rss_model} {size}^2"
+        key = f"{args.rss_model} {args.rss_backend} {size}^2"
         if key in results.rss:
             print(f"  {size}^2: measured above")
             continue
@@ -758,6 +964,7 @@ def rss_runs(args: argparse.Namespace, workdir: Path, scene: Path, results: Resu
             workdir / f"labels_rss_{size}.tif",
             args.rss_model,
             args,
+            backend=args.rss_backend,
         )
         results.rss[key] = report
         print(
@@ -776,32 +983,50 @@ def _verdict(value: float, target: float, higher: bool = True) -> str:
 
 
 def report(args: argparse.Namespace, results: Results) -> None:
-    """Print the ratios against the issue's targets."""
+    """Print the ratios against the issue's targets, per backend, and torch vs onnx."""
     print("\nratios (rates in patches/s; targets from the issue):")
 
-    def ratio(model: str, num: str, den: str, target_key: str | None = None) -> None:
-        a, b = results.get(model, num), results.get(model, den)
+    def ratio(
+        model: str,
+        num: tuple[str, str],
+        den: tuple[str, str],
+        target_key: str | None = None,
+    ) -> None:
+        a, b = results.get(model, *num), results.get(model, *den)
         if a is None or b is None:
             return
         value = a.patches_per_second / b.patches_per_second
-        label = target_key or f"{model} {num} / {den}"
+        den_label = den[0] if den[1] == "-" else f"{den[0]}({den[1]})"
+        label = f"{model} {num[0]}({num[1]}) / {den_label}"
         verdict = _verdict(value, TARGETS[target_key]) if target_key else "(no target)"
         print(
-            f"  {label:<28} {a.patches_per_second:>9.1f} / {b.patches_per_second:<9.1f}"
+            f"  {label:<38} {a.patches_per_second:>9.1f} / {b.patches_per_second:<9.1f}"
             f" = {value:6.2f}x  {verdict}"
         )
 
-    ratio("trivial", "e2e", "decode", "trivial e2e / decode")
-    ratio("trivial", "e2e", "torchgeo", "trivial e2e / torchgeo")
-    ratio("bundled", "e2e", "model", "bundled e2e / model-only")
-    ratio("bundled", "e2e", "torchgeo")
+    for model in args.models:
+        for backend in args.backends:
+            e2e = ("e2e", backend)
+            if model == "trivial":
+                ratio(model, e2e, ("decode", "-"), "trivial e2e / decode")
+                ratio(model, e2e, ("torchgeo", "torch"), "trivial e2e / torchgeo")
+                ratio(model, e2e, ("model", backend))
+            else:
+                ratio(model, e2e, ("model", backend), "bundled e2e / model-only")
+                ratio(model, e2e, ("torchgeo", "torch"))
+        ratio(model, ("e2e", "onnx"), ("e2e", "torch"))
+        ratio(model, ("model", "onnx"), ("model", "torch"))
+        if model in results.no_onnx:
+            print(f"  {model} onnx: not measured ({results.no_onnx[model]})")
+        if model in results.agreement:
+            print(f"  {model} e2e outputs, {_agreement(results.agreement[model])}")
     peaks = {k: v["peak_rss_mb"] for k, v in results.rss.items()}
     if peaks:
         print("peak RSS (VmHWM) of the end-to-end subprocess (imports, model and run):")
         for key, mb in peaks.items():
             print(f"  {key:<20} {mb:8.0f} MiB")
-    big = peaks.get(f"{args.rss_model} 32768^2")
-    small = peaks.get(f"{args.rss_model} 8192^2")
+    big = peaks.get(f"{args.rss_model} {args.rss_backend} 32768^2")
+    small = peaks.get(f"{args.rss_model} {args.rss_backend} 8192^2")
     if big is not None:
         gb = big * 2**20 / 1e9
         verdict = _verdict(gb, TARGETS["peak RSS 32768^2 (GB)"], higher=False)
@@ -828,6 +1053,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="comma-separated subset of decode, model, e2e, torchgeo",
     )
     parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help="comma-separated: torch, onnx; the model-only and end-to-end paths run once "
+        "per backend (onnx always runs on the CPU; the TorchGeo loop is PyTorch's)",
+    )
+    parser.add_argument(
+        "--probabilities",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="end-to-end runs also write probability bands, so the torch and onnx "
+        "outputs can be compared class by class (one pixel per patch: cheap)",
+    )
+    parser.add_argument(
         "--max-seconds",
         type=float,
         default=60.0,
@@ -851,6 +1089,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--profile", action="store_true", help="also profile the end-to-end path (2 more runs)"
     )
     parser.add_argument("--profile-model", choices=MODELS, default="trivial")
+    parser.add_argument("--profile-backend", choices=BACKENDS, default="torch")
     parser.add_argument(
         "--rss",
         action="store_true",
@@ -858,17 +1097,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--rss-sizes", default="8192,32768")
     parser.add_argument("--rss-model", choices=MODELS, default="trivial")
+    parser.add_argument("--rss-backend", choices=BACKENDS, default="torch")
     parser.add_argument(
         "--workdir", type=Path, default=None, help="where the temporary folder goes"
     )
     args = parser.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
     args.paths = [p for p in args.paths.split(",") if p]
+    args.backends = [b for b in args.backends.split(",") if b]
     args.rss_sizes = [int(s) for s in args.rss_sizes.split(",") if s]
     if not set(args.models) <= set(MODELS):
         parser.error(f"--models must be among {MODELS}")
     if not set(args.paths) <= {"decode", "model", "e2e", "torchgeo"}:
         parser.error("--paths must be among decode, model, e2e, torchgeo")
+    if not args.backends or not set(args.backends) <= set(BACKENDS):
+        parser.error(f"--backends must be among {BACKENDS}")
     return args
 
 
@@ -880,13 +1123,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     args = parse_args(argv)
     warnings.filterwarnings("ignore")
+    try:
+        import onnxruntime
+
+        ort = f"onnxruntime {onnxruntime.__version__}"
+    except ImportError:
+        ort = "no onnxruntime"
     print(
-        f"torch {torch.__version__}, rasterio {rasterio.__version__} "
+        f"torch {torch.__version__}, {ort}, rasterio {rasterio.__version__} "
         f"(GDAL {rasterio.__gdal_version__}), python {sys.version.split()[0]}"
     )
     started = time.perf_counter()
     results = Results()
     with tempfile.TemporaryDirectory(prefix="rsscgeo-classify-bench-", dir=args.workdir) as tmp:
+        if not os.environ.get("RSSCGEO_CACHE_DIR"):
+            # Fresh exports in the temporary folder; the children inherit the variable.
+            os.environ["RSSCGEO_CACHE_DIR"] = str(Path(tmp) / "cache")
+        print(f"ONNX exports cached in {os.environ['RSSCGEO_CACHE_DIR']}/onnx")
         measure(args, Path(tmp), results)
     report(args, results)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")

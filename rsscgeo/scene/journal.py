@@ -92,7 +92,7 @@ class Journal:
     def save(self, result: ChunkResult) -> None:
         """Store one finished chunk."""
         path = self._path(result.chunk)
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_name(f".{path.stem}.part.npz")  # hidden: never counted as a chunk
         try:
             np.savez(tmp, probabilities=result.probabilities, valid_fraction=result.valid_fraction)
             os.replace(tmp, path)

@@ -256,7 +256,6 @@ class Engine:
         and count it); results are yielded in chunk order once their turn comes.
         """
         window = IN_FLIGHT_PER_THREAD * self.threads
-        [work_future] = self.client.scatter([work], broadcast=True, hash=False)
         running = as_completed(loop=self.client.loop)
         # The futures in flight, kept here: as_completed's own set changes in the
         # client's event-loop thread, so iterating it to cancel would race.
@@ -272,9 +271,12 @@ class Engine:
                     if previous is not None:
                         ready[ahead] = previous
                     else:
+                        # The work itself, not a scattered copy: a few kB a task, and
+                        # nothing is lost with a worker (a scatter to a worker dying at
+                        # that moment failed the run).
                         future = self.client.submit(
                             _run_chunk,
-                            work_future,
+                            work,
                             ahead,
                             key,
                             pure=False,
@@ -295,7 +297,6 @@ class Engine:
         finally:
             if in_flight:
                 self.client.cancel(list(in_flight.values()), force=True)
-            work_future.release()
 
     def _result(self, future: Any) -> ChunkResult:
         try:

@@ -183,20 +183,24 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.mark.slow
 def test_a_full_disk_is_one_line_and_resumable(
-    small_disk: Path, reference: tuple[Path, Path], run_cli
+    small_disk: Path, reference: tuple[Path, Path], tmp_path: Path
 ) -> None:
     out = outputs(small_disk, "run")
-    args = ("classify", SCENE, *SMALL_CHUNKS, "--workers", "1", "--out", out[0], "--out", out[1])
-    result = run_cli(*args)
-    assert_one_line_error(result, "no space left", "--resume")
+    log = tmp_path / "log"
+    args = (SCENE, *SMALL_CHUNKS, "--workers", "1", "--out", out[0], "--out", out[1])
+    assert rsscgeo_classify(*args, log=log).wait(timeout=600) == 1
+    text = log.read_text().strip()
+    assert "Traceback" not in text
+    last = text.splitlines()[-1]
+    assert last.startswith("Error: no space left on the device of"), text
+    assert last.endswith("free some space and rerun with --resume."), text
     assert not out[0].exists() and not out[1].exists()
     assert leftovers(small_disk) == []
     journal = small_disk / ".run.gpkg.journal"
     assert journal.is_dir()
 
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
-    resumed = run_cli(*args, "--resume")
-    assert resumed.exit_code == 0, resumed.output
+    assert rsscgeo_classify(*args, "--resume", log=log).wait(timeout=600) == 0, log.read_text()
     assert_same_outputs(reference, out)
 
 

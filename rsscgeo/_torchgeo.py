@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,11 +22,26 @@ from rasterio.errors import NodataShadowWarning
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from torchgeo.datasets import RasterDataset
-from torchgeo.trainers import ClassificationTask
 
 from rsscgeo._buffers import thread_buffer
 
+if TYPE_CHECKING:
+    from torchgeo.trainers import ClassificationTask
+
 __all__ = ["ClassificationTask", "MosaicDataset"]
+
+
+def __getattr__(name: str) -> Any:
+    """``ClassificationTask``, imported on first use.
+
+    TorchGeo's trainers import Lightning and kornia (about 0.6 s), which reading a
+    scene never needs.
+    """
+    if name == "ClassificationTask":
+        from torchgeo.trainers import ClassificationTask
+
+        return ClassificationTask
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class MosaicDataset(RasterDataset):

@@ -261,6 +261,9 @@ def _session(onnx: bytes, threads: int) -> Any:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only
+    # Without the arena, memory is returned after each batch: with it, peak RSS grew
+    # with the scene (2.4 GB at 4096^2, 3.5 GB at 16384^2 for the bundled model).
+    options.enable_cpu_mem_arena = False
     return ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
 
 

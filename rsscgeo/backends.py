@@ -15,6 +15,7 @@ opens its own session, with as many intra-op threads as the worker gives it.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -27,7 +28,7 @@ import torch
 
 from rsscgeo.errors import DependencyMissingError, ModelFileError, first_line
 from rsscgeo.modelfile import CARD_KEY, LoadedModel
-from rsscgeo.predict import scores
+from rsscgeo.predict import card_transform, scores
 
 Backend = Literal["auto", "torch", "onnx"]
 BACKENDS: tuple[Backend, ...] = ("auto", "torch", "onnx")
@@ -102,6 +103,8 @@ def choose_backend(loaded: LoadedModel, backend: Backend, *, gpu: bool) -> Backe
     if backend == "torch" or (backend == "auto" and gpu):
         why = "asked for" if backend == "torch" else "auto on a GPU"
         return BackendChoice(loaded, "torch", f"backend: PyTorch ({why})")
+    if isinstance(loaded.model, OnnxNetwork):  # chosen before, e.g. for another scene
+        return BackendChoice(loaded, "onnx", "backend: ONNX Runtime")
     try:
         _onnxruntime()
     except DependencyMissingError as err:
@@ -162,7 +165,8 @@ def export_onnx(loaded: LoadedModel, *, with_card: bool = False) -> bytes:
         ModelFileError: If the network cannot be exported.
     """
     card = loaded.card
-    model = loaded.model.to("cpu").to(memory_format=torch.contiguous_format).eval()
+    # A copy: Module.to works in place, and the caller's model stays where it was.
+    model = copy.deepcopy(loaded.model).to("cpu").to(memory_format=torch.contiguous_format)
     example = torch.zeros(2, len(card.bands), card.input_size, card.input_size)
     with tempfile.TemporaryDirectory() as folder:
         data = _export(model, example, Path(folder) / "model.onnx", card.architecture)
@@ -208,7 +212,8 @@ def _checked(loaded: LoadedModel, path: Path) -> str | None:
     else:
         batch = check_batch(loaded)
         with torch.inference_mode():
-            expected = scores(loaded.model.cpu().eval()(batch), loaded.card)
+            reference = loaded.model(batch.to(model_device(loaded.model))).cpu()
+            expected = scores(reference, loaded.card)
             try:
                 actual = scores(OnnxNetwork(path.read_bytes())(batch), loaded.card)
                 difference = float((expected - actual).abs().max())
@@ -230,29 +235,35 @@ def _checked(loaded: LoadedModel, path: Path) -> str | None:
 
 
 def check_batch(loaded: LoadedModel) -> torch.Tensor:
-    """A fixed batch of real imagery at the model's input: the bundled scene's patches.
+    """A fixed batch of real imagery through the card's eval transform.
 
-    Without the bundled scene (an installed wheel), a seeded noise batch instead.
+    ``CHECK_PATCHES`` tiles of the bundled scene, each read at the card's resize side;
+    without the bundled scene (an installed wheel), a seeded noise batch instead.
     """
     card = loaded.card
-    side, bands = card.input_size, len(card.bands)
+    side, bands = card.eval_resize, len(card.bands)
+    rows, cols = 2, CHECK_PATCHES // 2
     if CHECK_SCENE.exists():
         import rasterio
 
         with rasterio.open(CHECK_SCENE) as src:
             count = min(bands, src.count)
-            pixels = src.read(list(range(1, count + 1)), out_shape=(count, 2 * side, 4 * side))
+            shape = (count, rows * side, cols * side)
+            pixels = src.read(list(range(1, count + 1)), out_shape=shape)
         values = torch.from_numpy(pixels.astype(np.float32) / 255)
         if count < bands:
             values = torch.cat([values, values[:1].expand(bands - count, -1, -1)])
-        corners = [(r, c) for r in (0, side) for c in range(0, 4 * side, side)]
-        batch = torch.stack([values[:, r : r + side, c : c + side] for r, c in corners])
+        tiles = [
+            values[:, r * side : (r + 1) * side, c * side : (c + 1) * side]
+            for r in range(rows)
+            for c in range(cols)
+        ]
+        batch = torch.stack(tiles)
     else:
         seeded = torch.Generator().manual_seed(0)
         batch = torch.rand(CHECK_PATCHES, bands, side, side, generator=seeded)
-    mean = torch.tensor(card.mean).view(1, -1, 1, 1)
-    std = torch.tensor(card.std).view(1, -1, 1, 1)
-    return (batch - mean) / std
+    transformed: torch.Tensor = card_transform(card)(batch)
+    return transformed
 
 
 def _session(onnx: bytes, threads: int) -> Any:

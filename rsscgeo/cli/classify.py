@@ -16,6 +16,7 @@ from rsscgeo.cli.options import classify_options
 if TYPE_CHECKING:  # the CLI imports the engine lazily, so --help stays fast
     from rsscgeo.scene.classify import ClassifySummary
     from rsscgeo.scene.options import ClassifyOptions, ClassifyOutputs
+    from rsscgeo.scene.plan import ScenePlan
 
 # A job: the scenes of one mosaic and where its results go.
 Job = tuple[list[Path], "ClassifyOutputs"]
@@ -110,11 +111,13 @@ def classify(
     if preview is not None:
         _check_preview(preview, jobs)
     loaded = load_model(model or BUNDLED_MODEL)
-    plans = []
+    plans: list[ScenePlan] = []
     for job_scenes, job_outputs in jobs:
         if len(jobs) > 1:
             click.echo(f"{job_scenes[0]}:", err=True)
-        plans.append(plan_scene(job_scenes, loaded, options, job_outputs, say=_say))
+        # Later jobs reuse the model as the first plan runs it (one ONNX session).
+        model_to_run = plans[0].model if plans else loaded
+        plans.append(plan_scene(job_scenes, model_to_run, options, job_outputs, say=_say))
     with open_engine(scheduler, workers=workers, processes=processes, device=device) as engine:
         for plan in plans:
             if len(plans) > 1:

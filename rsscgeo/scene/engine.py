@@ -187,15 +187,17 @@ class Engine:
     def install(self, loaded: LoadedModel) -> str:
         """Get ``loaded`` to every worker once; returns the key tasks use.
 
-        The key is the model's content identity, so a model is sent once however often
-        it is loaded, and never mistaken for another. Workers inside this process share
+        The key is the model's content identity and the kind of network that runs it
+        (a PyTorch module or an ONNX Runtime session of the same weights), so a model is
+        sent once however often it is loaded, and never mistaken for another. Workers
+        inside this process share
         ``loaded`` itself; others get a copy through a worker plugin, which the
         scheduler also gives to workers that join later.
 
         Raises:
             ClusterError: If the workers cannot load the model.
         """
-        key = loaded.identity
+        key = f"{loaded.identity[:32]}-{type(loaded.model).__name__}"
         if key in self._installed:
             return key
         setup = WorkerSetup(key, loaded, self.device, self.torch_threads)

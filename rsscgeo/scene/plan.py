@@ -117,8 +117,6 @@ def plan_scene(
     card = loaded.card
     if outputs is not None:
         check_outputs(outputs, card.num_classes)
-    choice = choose_backend(loaded, options.backend, gpu=torch.cuda.is_available())
-    loaded = choice.loaded
     legend = Legend.for_card(card, options.uncertain_below)
     info = inspect_scenes(scenes)
     band_indexes = _band_indexes(info, options.bands, len(card.bands))
@@ -130,6 +128,9 @@ def plan_scene(
     grid = reader.grid(patch, options.stride or patch)
     scaling, scale_note = _scaling(reader, grid, info, card.input_scale, len(band_indexes))
     notes.append(scale_note)
+    # Last: the first use of a model exports it, which bad input should not wait for.
+    choice = choose_backend(loaded, options.backend, gpu=torch.cuda.is_available())
+    loaded = choice.loaded
     notes.append(choice.note)
     if options.tta:
         notes.append("test-time augmentation: probabilities averaged over 8 rotations/flips")

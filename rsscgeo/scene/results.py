@@ -40,8 +40,9 @@ def patch_dataset(
         SceneError: If the scene or the options cannot be used with this model.
     """
     card = loaded.card
-    loaded = prepare_model(loaded, model_device(loaded.model))
     plan = plan_scene(scenes, loaded, options)
+    # The model the plan runs (on the chosen backend), prepared as a worker would.
+    loaded = prepare_model(plan.model, model_device(plan.model.model))
     grid, side, work = plan.grid, plan.chunk_side, plan.work
     prob_rows: list[list[da.Array]] = [[] for _ in range(0, grid.rows, side)]
     valid_rows: list[list[da.Array]] = [[] for _ in range(0, grid.rows, side)]

@@ -10,15 +10,19 @@ stamp=$venv/.rsscgeo-installed
 inputs_hash=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 
 # Real QGIS (Debian's PyQGIS, run by the system Python) for the test that opens our
-# outputs in QGIS. Installed when we are root on a Debian-like machine; otherwise that
-# test is skipped outside CI.
-if ! /usr/bin/python3 -c "import qgis.core" 2>/dev/null; then
+# outputs in QGIS, and headless Chromium for the test that renders the HTML report.
+# Installed when we are root on a Debian-like machine; otherwise those tests are skipped
+# outside CI.
+apt_packages=()
+/usr/bin/python3 -c "import qgis.core" 2>/dev/null || apt_packages+=(python3-qgis qgis-providers)
+command -v chromium >/dev/null || apt_packages+=(chromium)
+if [ ${#apt_packages[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "rsscgeo setup: installing QGIS (python3-qgis) for the QGIS test"
+        echo "rsscgeo setup: installing ${apt_packages[*]} for the QGIS and browser tests"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-qgis qgis-providers >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_packages[@]}" >/dev/null
     else
-        echo "rsscgeo setup: PyQGIS not found; the QGIS test will be skipped" >&2
+        echo "rsscgeo setup: ${apt_packages[*]} not installed; the QGIS/browser tests will be skipped" >&2
     fi
 fi
 

@@ -54,6 +54,10 @@ class MosaicDataset(RasterDataset):
     preprocessing converts per batch anyway); other types become ``float32``. With
     ``reuse_buffer`` the returned image is a per-thread buffer, valid until the
     thread's next read of that size (how classify reads chunk after chunk).
+
+    ``crs`` and ``origin`` put the mosaic on another scene's pixel grid (its CRS, and
+    the top-left corner of its pixels): every file is then warped onto that grid, so
+    two dates of one place are read pixel for pixel alike (``rsscgeo change``).
     """
 
     filename_glob = "*"
@@ -65,16 +69,20 @@ class MosaicDataset(RasterDataset):
         res: tuple[float, float],
         *,
         reuse_buffer: bool = False,
+        crs: Any = None,
+        origin: tuple[float, float] | None = None,
     ) -> None:
-        """Index ``paths`` (warped to the first file's CRS) at resolution ``res``."""
-        super().__init__(paths=list(paths), res=res, cache=True)
+        """Index ``paths`` (warped to ``crs``, default the first file's) at ``res``."""
+        super().__init__(paths=list(paths), crs=crs, res=res, cache=True)
         self.bands_read: list[int] = list(band_indexes)
         self.reuse_buffer = reuse_buffer
         # Mosaic files are warped onto the reading grid itself (see _load_warp_file).
         xs, ys, _ = self.bounds
-        self._grid: tuple[float, float, float, float] | None = (
-            (xs.start, ys.stop, *res) if len(self.files) > 1 else None
-        )
+        self._grid: tuple[float, float, float, float] | None = None
+        if origin is not None:
+            self._grid = (*origin, *res)
+        elif len(self.files) > 1:
+            self._grid = (xs.start, ys.stop, *res)
         self._uint8 = all(
             self._cached_load_warp_file(path).dtypes[0] == "uint8" for path in self.files
         )
@@ -90,7 +98,7 @@ class MosaicDataset(RasterDataset):
         return Resampling.bilinear
 
     def _load_warp_file(self, filepath: Any) -> Any:
-        """Open a file; a mosaic's files as warped views on the reading grid itself.
+        """Open a file; a mosaic's (or aligned) files as warped views on the reading grid.
 
         Each mosaic file (reprojected or not) becomes a WarpedVRT whose pixels are the
         reading grid's pixels, so a chunk is an integer window of every file and a

@@ -18,47 +18,66 @@ from rasterio.errors import NodataShadowWarning, RasterioError
 from rasterio.windows import Window
 
 from rsscgeo.errors import SceneError, first_line
+from rsscgeo.sources import SceneSource, scene_source, use_cog_defaults
 
 # The data check reads a scene decimated to about this many pixels on its long side.
 DATA_CHECK_PIXELS = 1024
 
 
-def open_scene(path: Path) -> rasterio.DatasetReader:
-    """Open a scene file after checking everything later steps rely on.
+def open_scene(scene: str | Path | SceneSource) -> rasterio.DatasetReader:
+    """Open a scene after checking everything later steps rely on.
 
-    The file must be a non-empty raster, readable from its first to its last block
-    (truncated files fail here, not hours into a run), georeferenced, north-up and
-    hold some valid pixels.
+    The scene (a local file, a URL or a GDAL virtual path, see ``rsscgeo.sources``)
+    must be a non-empty raster, readable from its first to its last block (truncated
+    files fail here, not hours into a run), georeferenced, north-up and hold some valid
+    pixels.
 
     Returns:
         The open dataset (a context manager).
 
     Raises:
-        SceneError: Naming the file and the fix.
+        SceneError: Naming the scene as given and the fix.
     """
-    if path.is_dir():
-        raise SceneError(
-            f"scene {path} is a folder, not a raster file", "pass the raster files inside it."
-        )
-    if not path.is_file():
-        raise SceneError(f"scene {path} does not exist; check the path.")
-    if path.stat().st_size == 0:
-        raise SceneError(f"{path} is empty (0 bytes); re-download or re-export it.")
+    source = scene_source(scene)
+    src = _open_remote(source) if source.is_remote else _open_local(source.path, source.name)
     try:
-        src = rasterio.open(path)
-    except RasterioError as err:
-        raise SceneError(
-            f"{path} is not a readable raster ({gdal_message(err)}); pass a GeoTIFF."
-        ) from None
-    try:
-        _check_raster(src, path)
+        _check_raster(src, source.name)
     except BaseException:
         src.close()
         raise
     return src
 
 
-def _check_raster(src: Any, path: Path) -> None:
+def _open_remote(source: SceneSource) -> rasterio.DatasetReader:
+    use_cog_defaults()
+    try:
+        return rasterio.open(source.gdal_path)
+    except RasterioError as err:
+        raise SceneError(
+            f"cannot read scene {source.name} ({gdal_message(err)})",
+            "check the URL, that the server is reachable and that it serves a GeoTIFF.",
+        ) from None
+
+
+def _open_local(path: Path, name: str) -> rasterio.DatasetReader:
+    if path.is_dir():
+        raise SceneError(
+            f"scene {name} is a folder, not a raster file", "pass the raster files inside it."
+        )
+    if not path.is_file():
+        raise SceneError(f"scene {name} does not exist; check the path.")
+    if path.stat().st_size == 0:
+        raise SceneError(f"{name} is empty (0 bytes); re-download or re-export it.")
+    try:
+        src = rasterio.open(path)
+    except RasterioError as err:
+        raise SceneError(
+            f"{name} is not a readable raster ({gdal_message(err)}); pass a GeoTIFF."
+        ) from None
+    return src
+
+
+def _check_raster(src: Any, path: str) -> None:
     if src.width == 0 or src.height == 0:
         raise SceneError(f"{path} has no pixels; pass a non-empty raster.")
     try:
@@ -74,7 +93,7 @@ def _check_raster(src: Any, path: Path) -> None:
         ) from None
     if src.crs is None:
         raise SceneError(
-            f"{path} has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:XXXX {path.name})."
+            f"{path} has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:XXXX {path})."
         )
     transform = src.transform
     if transform.b != 0 or transform.d != 0:
@@ -82,7 +101,7 @@ def _check_raster(src: Any, path: Path) -> None:
     _check_has_data(src, path)
 
 
-def _check_has_data(src: Any, path: Path) -> None:
+def _check_has_data(src: Any, path: str) -> None:
     """Refuse a scene whose (decimated) pixels are all nodata, masked or NaN."""
     floating = np.dtype(src.dtypes[0]).kind == "f"
     masked = any(flags != [MaskFlags.all_valid] for flags in src.mask_flag_enums)

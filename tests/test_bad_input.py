@@ -690,7 +690,13 @@ def test_paths_with_spaces_and_unicode_work(ws: Workspace, run_cli) -> None:
     result = run_cli("classify", scene, "--out", gpkg, "--out", tif, "--workers", "1")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in ws.out.iterdir()) == sorted(
-        [gpkg.name, tif.name, "étiquettes ü 1.qml", f"{tif.name}.aux.xml"]
+        [
+            gpkg.name,
+            tif.name,
+            "étiquettes ü 1.qml",
+            f"{tif.name}.aux.xml",
+            "étiquettes ü 1.areas.csv",
+        ]
     )
     assert len(gpd.read_file(gpkg)) == 1
     with rasterio.open(tif) as src:

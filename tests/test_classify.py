@@ -91,7 +91,7 @@ def test_outputs_are_georeferenced_and_consistent(
     assert styles[0][2].count("<category ") == len(legend_names(card))
     assert gpkg.with_suffix(".qml").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [gpkg.name, tif.name, f"{name}.qml", f"{tif.name}.aux.xml"]
+        [gpkg.name, tif.name, f"{name}.qml", f"{tif.name}.aux.xml", f"{name}.areas.csv"]
     )
     category_names = ET.parse(f"{tif}.aux.xml").getroot().iterfind(".//Category")
     assert [c.text for c in category_names][: card.num_classes] == card.class_names
@@ -236,10 +236,12 @@ def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(
     assert expected.geometry.geom_equals(actual.geometry).all()
     assert not journal.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ref.areas.csv",
         "ref.gpkg",
         "ref.qml",
         "ref.tif",
         "ref.tif.aux.xml",
+        "run.areas.csv",
         "run.gpkg",
         "run.qml",
         "run.tif",

@@ -140,8 +140,9 @@ def test_kill_9_at_several_points_then_resume(tmp_path: Path) -> None:
     assert_same_outputs(reference, run)
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted(
-        ["reference.gpkg", "reference.qml", "reference.tif", "reference.tif.aux.xml",
-         "run.gpkg", "run.qml", "run.tif", "run.tif.aux.xml"]
+        ["reference.areas.csv", "reference.gpkg", "reference.qml", "reference.tif",
+         "reference.tif.aux.xml", "run.areas.csv", "run.gpkg", "run.qml", "run.tif",
+         "run.tif.aux.xml"]
     )  # fmt: skip
 
 

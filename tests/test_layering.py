@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rsscgeo"
 # Within the scene package the order is stricter (see SCENE_ORDER).
 LAYERS = [
     {"errors", "_buffers", "colors", "yamlfile", "outputs"},
-    {"networks", "data", "rasterfile", "_torchgeo"},
+    {"networks", "data", "sources", "stac", "rasterfile", "_torchgeo"},
     {"modelfile"},
     {"inits", "predict", "backends", "scene", "training"},
     {"experiments"},
@@ -30,7 +30,7 @@ SCENE_ORDER = [
     {"inference", "reader"},
     {"legend", "tasks", "journal"},
     {"plan", "style", "preview"},
-    {"engine", "writers"},
+    {"engine", "writers", "areas"},
     {"classify", "results"},
 ]
 

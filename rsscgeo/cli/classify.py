@@ -17,13 +17,14 @@ if TYPE_CHECKING:  # the CLI imports the engine lazily, so --help stays fast
     from rsscgeo.scene.classify import ClassifySummary
     from rsscgeo.scene.options import ClassifyOptions, ClassifyOutputs
     from rsscgeo.scene.plan import ScenePlan
+    from rsscgeo.sources import SceneSource
 
 # A job: the scenes of one mosaic and where its results go.
-Job = tuple[list[Path], "ClassifyOutputs"]
+Job = tuple[list["SceneSource"], "ClassifyOutputs"]
 
 
 @click.command()
-@click.argument("scenes", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("scenes", nargs=-1, required=True, metavar="SCENES...")
 @click.option(
     "--out",
     "outputs",
@@ -83,7 +84,7 @@ Job = tuple[list[Path], "ClassifyOutputs"]
     help="Continue an interrupted run from its journal of finished chunks (beside the output).",
 )
 def classify(
-    scenes: tuple[Path, ...],
+    scenes: tuple[str, ...],
     outputs: tuple[Path, ...],
     out_dir: Path | None,
     formats: tuple[str, ...],
@@ -99,8 +100,11 @@ def classify(
 ) -> None:
     """Classify SCENES patch by patch into map layers.
 
-    With --out the SCENES form one mosaic; with --out-dir each is classified on its own.
-    Ctrl-C or SIGTERM stops the run, keeping its journal: rerun with --resume.
+    A scene is a raster file, a URL (http(s)://, s3://, gs://, az://), a GDAL /vsi...
+    path, or a STAC item (.json file or URL). With --out the SCENES form one mosaic;
+    with --out-dir each is classified on its own. Every run also writes the area per
+    class to <first output stem>.areas.csv. Ctrl-C or SIGTERM stops the run, keeping
+    its journal: rerun with --resume.
     """
     from rsscgeo.modelfile import BUNDLED_MODEL, load_model
     from rsscgeo.scene.classify import run_plan
@@ -121,14 +125,15 @@ def classify(
     with open_engine(scheduler, workers=workers, processes=processes, device=device) as engine:
         for plan in plans:
             if len(plans) > 1:
-                click.echo(f"{plan.reader.paths[0]}:", err=True)
+                click.echo(f"{plan.reader.sources[0]}:", err=True)
             _report(run_plan(plan, engine, say=_say), options.min_valid)
     if preview is not None:
         from rsscgeo.scene.preview import draw_map
 
         [(job_scenes, job_outputs)] = jobs
         assert job_outputs.geotiff is not None
-        draw_map(job_scenes[0], job_outputs.geotiff, loaded.card, preview, title=job_scenes[0].name)
+        scene = plans[0].reader.sources[0]
+        draw_map(scene.gdal_path, job_outputs.geotiff, loaded.card, preview, title=scene.filename)
         click.echo(f"wrote {preview}")
 
 
@@ -152,7 +157,7 @@ def _check_preview(preview: Path, jobs: list[Job]) -> None:
 
 
 def _jobs(
-    scenes: list[Path],
+    names: list[str],
     outputs: tuple[Path, ...],
     out_dir: Path | None,
     formats: tuple[str, ...],
@@ -163,7 +168,9 @@ def _jobs(
     """One mosaic for --out, one job per scene for --out-dir."""
     from rsscgeo.errors import OptionError
     from rsscgeo.scene.options import ClassifyOutputs
+    from rsscgeo.sources import scene_source
 
+    scenes = [scene_source(name) for name in names]
     if bool(outputs) == (out_dir is not None):
         raise OptionError(
             "give either --out (the scenes form one mosaic) or --out-dir (one output set per "
@@ -211,15 +218,20 @@ def _report(summary: ClassifySummary, min_valid: float) -> None:
             "smaller than one patch? lower --min-valid or --patch-size)",
             err=True,
         )
+    hectares = {row.name: row.area_ha for row in summary.areas}
     if summary.uncertain_below > 0:
         share = 100 * summary.uncertain / summary.classified if summary.classified else 0.0
+        area = hectares.get("Uncertain", 0.0)
         click.echo(
-            f"Uncertain: {summary.uncertain} patches ({share:.1f}% of classified), top-1 "
-            f"probability below {summary.uncertain_below:g} {summary.uncertain_source}"
+            f"Uncertain: {summary.uncertain} patches ({share:.1f}% of classified, {area:.1f} ha), "
+            f"top-1 probability below {summary.uncertain_below:g} {summary.uncertain_source}"
         )
     else:
         click.echo(f"Uncertain: off ({summary.uncertain_source})")
-    top = ", ".join(f"{name} {n}" for name, n in summary.per_class.most_common(8))
+    top = ", ".join(
+        f"{name} {n} ({hectares.get(name, 0.0):.1f} ha)"
+        for name, n in summary.per_class.most_common(8)
+    )
     if top:
         click.echo(f"most frequent classes: {top}")
     for path in summary.outputs:

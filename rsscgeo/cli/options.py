@@ -126,6 +126,12 @@ _CLASSIFY_OPTIONS = [
     ),
     tta_option,
     backend_option,
+    click.option(
+        "--asset",
+        metavar="NAME",
+        help="STAC items: the asset to classify [default: the first data asset whose "
+        "eo:bands names cover the model's bands, else visual, else image].",
+    ),
 ]
 _FIELDS = [f.name for f in dataclasses.fields(ClassifyOptions)]
 

@@ -17,23 +17,27 @@ from __future__ import annotations
 import errno
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 from tqdm.auto import tqdm
 
 from rsscgeo.errors import OptionError, OutputError, RunInterrupted, signal_number
 from rsscgeo.modelfile import LoadedModel
+from rsscgeo.scene.areas import AreaTally, ClassArea, areas_path, write_areas
 from rsscgeo.scene.engine import Engine
 from rsscgeo.scene.grid import Chunk, PatchGrid
 from rsscgeo.scene.inference import ChunkResult
 from rsscgeo.scene.journal import Journal, fingerprint, journal_dir
-from rsscgeo.scene.legend import Legend
+from rsscgeo.scene.legend import CLASS_NODATA, Legend
 from rsscgeo.scene.lock import lock_outputs
 from rsscgeo.scene.options import ClassifyOptions, ClassifyOutputs
 from rsscgeo.scene.plan import ScenePlan, plan_scene, refuse_existing
 from rsscgeo.scene.writers import GeoPackageWriter, GeoTiffWriter
+from rsscgeo.sources import SceneLike
 
 Writer = GeoPackageWriter | GeoTiffWriter
 
@@ -51,6 +55,10 @@ class ClassifySummary:
         uncertain_below: The Uncertain threshold used (0: none).
         uncertain_source: Where that threshold came from, in words (``Legend.source``).
         per_class: Patches per class, Uncertain ones left out.
+        areas: Patches, area and mean score per category (Uncertain included), also
+            written to ``<first output stem>.areas.csv``.
+        class_map: One value per patch (rows x cols): the GeoTIFF class band's values
+            (class ids, Uncertain, nodata where skipped).
         seconds: Wall time of the classification.
         notes: The plan's decisions and where the run ran, in words.
     """
@@ -63,12 +71,14 @@ class ClassifySummary:
     uncertain_below: float = 0.0
     uncertain_source: str = ""
     per_class: Counter[str] = field(default_factory=Counter)
+    areas: list[ClassArea] = field(default_factory=list)
+    class_map: npt.NDArray[np.uint8] = field(default_factory=lambda: np.empty((0, 0), np.uint8))
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
 
 def classify_scene(
-    scenes: list[Path],
+    scenes: Sequence[SceneLike],
     loaded: LoadedModel,
     options: ClassifyOptions,
     outputs: ClassifyOutputs,
@@ -137,7 +147,7 @@ def run_plan(
         try:
             journal = Journal(
                 folder,
-                fingerprint(list(plan.reader.paths), plan.model.identity, plan.reading()),
+                fingerprint(plan.reader.sources, plan.model.identity, plan.reading()),
                 resume=outputs.resume,
                 restart=outputs.overwrite,
             )
@@ -175,21 +185,30 @@ def _write(
     """Run the chunks and stream them into the writers; on failure, no output appears."""
     assert plan.outputs is not None
     key = engine.install(plan.model)
+    tally = AreaTally(plan.grid, plan.legend)
+    summary.class_map = np.full((plan.grid.rows, plan.grid.cols), CLASS_NODATA, np.uint8)
     writers: list[Writer] = []
     try:
         if plan.outputs.gpkg is not None:
-            writers.append(GeoPackageWriter(plan.outputs.gpkg, plan.grid, plan.legend))
+            writers.append(
+                GeoPackageWriter(plan.outputs.gpkg, plan.grid, plan.legend, plan.metadata)
+            )
         if plan.outputs.geotiff is not None:
             probabilities = plan.options.probabilities
             writers.append(
-                GeoTiffWriter(plan.outputs.geotiff, plan.grid, plan.legend, probabilities)
+                GeoTiffWriter(
+                    plan.outputs.geotiff, plan.grid, plan.legend, probabilities, plan.metadata
+                )
             )
         for result in _results(engine, plan, key, chunks, journal, progress):
             for writer in writers:
                 writer.write(result)
             _count(summary, result, plan.legend)
+            tally.add(result)
         for writer in writers:
             writer.finish()
+        summary.areas = tally.table()
+        summary.outputs.append(write_areas(areas_path(plan.outputs.paths[0]), summary.areas))
     except BaseException:  # temporary files go; the journal stays for resuming
         for writer in writers:
             writer.abort()
@@ -245,3 +264,9 @@ def _count(summary: ClassifySummary, result: ChunkResult, legend: Legend) -> Non
     summary.uncertain += int(uncertain.sum())
     names = legend.card.class_names
     summary.per_class.update(names[i] for i in result.class_ids[done & ~uncertain])
+    chunk = result.chunk
+    rows, cols = (
+        slice(chunk.row, chunk.row + chunk.nrows),
+        slice(chunk.col, chunk.col + chunk.ncols),
+    )
+    summary.class_map[rows, cols] = legend.raster_values(result)

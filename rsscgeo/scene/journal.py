@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 from rsscgeo.errors import JournalMismatchError, SceneError
 from rsscgeo.scene.grid import Chunk
 from rsscgeo.scene.inference import ChunkResult
+from rsscgeo.sources import SceneSource
 
 FINGERPRINT = "fingerprint.json"
 
@@ -35,19 +37,18 @@ def journal_dir(output: Path) -> Path:
 SHORT_ID = 12
 
 
-def fingerprint(paths: list[Path], model: str, options: dict[str, Any]) -> dict[str, Any]:
+def fingerprint(
+    sources: Sequence[SceneSource], model: str, options: dict[str, Any]
+) -> dict[str, Any]:
     """What must match for a journal to be reused.
 
     Args:
-        paths: The scene files (their size and mtime count).
+        sources: The scenes (see ``SceneSource.signature``: a file's size and mtime, a
+            URL's size and ETag).
         model: The model's content identity (``LoadedModel.identity``).
         options: The decisions that change the results (``ScenePlan.reading``).
     """
-    files = [
-        {"path": str(p.resolve()), "size": p.stat().st_size, "mtime": p.stat().st_mtime_ns}
-        for p in paths
-    ]
-    return {"model": model, "files": files, "options": options}
+    return {"model": model, "files": [s.signature() for s in sources], "options": options}
 
 
 class Journal:

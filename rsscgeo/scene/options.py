@@ -40,6 +40,8 @@ class ClassifyOptions:
         probabilities: Also write one probability band per class into a GeoTIFF.
         backend: ``torch``, ``onnx`` (ONNX Runtime) or ``auto`` (ONNX Runtime on CPU,
             PyTorch on a GPU); see :mod:`rsscgeo.backends`.
+        asset: For STAC items: the asset to read (``None``: chosen by its band names,
+            see :mod:`rsscgeo.stac`).
     """
 
     patch_size: int | None = None
@@ -53,6 +55,7 @@ class ClassifyOptions:
     uncertain_below: float | None = None
     probabilities: bool = False
     backend: Literal["auto", "torch", "onnx"] = "auto"
+    asset: str | None = None
 
     def __post_init__(self) -> None:
         """Refuse values no run can use.

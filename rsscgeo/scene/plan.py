@@ -8,9 +8,8 @@ and reported. The plan is then all that executing needs (see ``classify.run_plan
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +25,8 @@ from rsscgeo.scene.legend import UNCERTAIN_VALUE, Legend
 from rsscgeo.scene.options import ClassifyOptions, ClassifyOutputs
 from rsscgeo.scene.reader import SceneInfo, SceneReader, inspect_scenes
 from rsscgeo.scene.tasks import ChunkWork, chunk_side
+from rsscgeo.sources import SceneLike
+from rsscgeo.stac import resolve_stac
 
 # Scenes finer or coarser than the model's GSD by more than this factor are resampled to
 # it, so that a patch covers the ground the model was trained on (issue 9 measured it:
@@ -52,6 +53,8 @@ class ScenePlan:
         chunk_side: Patches per side of a chunk (one task).
         backend: What runs the model: ``torch`` or ``onnx`` (see ``rsscgeo.backends``).
         notes: The decisions made, in words, for the run's report.
+        metadata: What the outputs record about the inputs (e.g. STAC item ids and
+            datetimes).
     """
 
     model: LoadedModel
@@ -65,6 +68,7 @@ class ScenePlan:
     chunk_side: int
     backend: str
     notes: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
 
     @property
     def chunks(self) -> list[Chunk]:
@@ -90,21 +94,26 @@ class ScenePlan:
 
 
 def plan_scene(
-    scenes: list[Path],
+    scenes: Sequence[SceneLike],
     loaded: LoadedModel,
     options: ClassifyOptions | None = None,
     outputs: ClassifyOutputs | None = None,
     *,
+    align_to: PatchGrid | None = None,
     say: Callable[[str], None] = lambda _: None,
 ) -> ScenePlan:
     """Check ``scenes``, ``options`` and ``outputs`` against the model and plan the run.
 
     Args:
-        scenes: One or more raster files that form one mosaic.
+        scenes: One or more rasters (files, URLs or GDAL paths) or STAC items that
+            form one mosaic.
         loaded: The model (run by the backend ``options.backend`` picks; the plan's
             ``model`` is the one that runs).
         options: How to read and classify (default: ``ClassifyOptions()``).
         outputs: Where to write; ``None`` plans for lazy results only.
+        align_to: Classify on this patch grid (another scene's, e.g. an earlier date
+            of the same place): the scenes are warped onto its pixels, at its
+            resolution; patch size and stride stay the options' (or the card's).
         say: Receives each decision, in words, as it is made.
 
     Raises:
@@ -118,12 +127,18 @@ def plan_scene(
     if outputs is not None:
         check_outputs(outputs, card.num_classes)
     legend = Legend.for_card(card, options.uncertain_below)
-    info = inspect_scenes(scenes)
-    band_indexes = _band_indexes(info, options.bands, len(card.bands))
-    notes = [f"{p} is in another CRS and is reprojected to {info.crs}" for p in info.reprojected]
-    resolution, gsd_note = _reading_resolution(info, card.gsd, options.gsd)
+    inputs = resolve_stac(scenes, card.bands, options.asset)
+    info = inspect_scenes(inputs.sources)
+    band_indexes = _band_indexes(info, options.bands or inputs.bands, len(card.bands))
+    notes = list(inputs.notes)
+    notes += [f"{p} is in another CRS and is reprojected to {info.crs}" for p in info.reprojected]
+    if align_to is None:
+        resolution, gsd_note = _reading_resolution(info, card.gsd, options.gsd)
+    else:
+        resolution = (align_to.transform.a, -align_to.transform.e)
+        gsd_note = f"reading onto the first scene's grid ({resolution[0]:g} per pixel)"
     notes.append(gsd_note)
-    reader = SceneReader(info.paths, tuple(band_indexes), resolution)
+    reader = SceneReader(info.sources, tuple(band_indexes), resolution, align_to)
     patch = options.patch_size or card.patch_size
     grid = reader.grid(patch, options.stride or patch)
     scaling, scale_note = _scaling(reader, grid, info, card.input_scale, len(band_indexes))
@@ -140,7 +155,18 @@ def plan_scene(
     work = ChunkWork.build(reader, grid, scaling, raw_dtype, loaded, options)
     side = chunk_side(grid, options.chunk_size)
     return ScenePlan(
-        loaded, options, outputs, reader, grid, scaling, legend, work, side, choice.backend, notes
+        loaded,
+        options,
+        outputs,
+        reader,
+        grid,
+        scaling,
+        legend,
+        work,
+        side,
+        choice.backend,
+        notes,
+        inputs.metadata,
     )
 
 
@@ -205,14 +231,14 @@ def _band_indexes(info: SceneInfo, bands: tuple[int, ...] | None, needed: int) -
         )
     if info.band_count < needed and bands is None:
         raise SceneError(
-            f"{info.paths[0]} has {info.band_count} band(s), the model needs {needed}",
+            f"{info.sources[0]} has {info.band_count} band(s), the model needs {needed}",
             "choose them with bands=... or use a scene with the model's bands.",
             cli_fix="choose them with --bands or use a scene with the model's bands.",
         )
     bad = [b for b in chosen if not 1 <= b <= info.band_count]
     if bad:
         raise OptionError(
-            f"band {bad[0]} does not exist in {info.paths[0]} (bands 1-{info.band_count})",
+            f"band {bad[0]} does not exist in {info.sources[0]} (bands 1-{info.band_count})",
             "choose existing bands.",
             cli_fix="choose existing bands with --bands.",
         )
@@ -256,7 +282,7 @@ def _scaling(
         ), f"8-bit scene: values divided by {input_scale:g}"
     factor = _decimation(grid)
     coarse_res = (reader.resolution[0] * factor, reader.resolution[1] * factor)
-    overview = SceneReader(reader.paths, reader.band_indexes, coarse_res)
+    overview = SceneReader(reader.sources, reader.band_indexes, coarse_res)
     coarse = overview.grid(1, 1)
     values, valid = overview.read(coarse, Chunk(0, 0, 0, coarse.rows, coarse.cols))
     scaling = Scaling.percentile_stretch(values, valid)

@@ -21,7 +21,9 @@ from rsscgeo.scene.legend import Legend
 QUICKLOOK_PIXELS = 1024
 
 
-def _quicklook(scene: Path, bands: Sequence[int]) -> tuple[npt.NDArray[np.float64], list[float]]:
+def _quicklook(
+    scene: str | Path, bands: Sequence[int]
+) -> tuple[npt.NDArray[np.float64], list[float]]:
     """RGB quicklook (H x W x 3, 0..1, 2-98 % stretch per band) and its extent."""
     with rasterio.open(scene) as src:
         factor = max(1.0, max(src.width, src.height) / QUICKLOOK_PIXELS)
@@ -37,7 +39,7 @@ def _quicklook(scene: Path, bands: Sequence[int]) -> tuple[npt.NDArray[np.float6
 
 
 def draw_map(
-    scene: Path,
+    scene: str | Path,
     labels: Path,
     card: ModelCard,
     out: Path,
@@ -48,7 +50,7 @@ def draw_map(
     """Write a PNG: the scene, and the scene under its class map with a legend.
 
     Args:
-        scene: The classified GeoTIFF.
+        scene: The classified raster (a path or what ``rasterio.open`` reads).
         labels: The class GeoTIFF written by ``classify`` (band 1: class ids, 254
             Uncertain, 255 skipped).
         card: The model card that names and colours the classes.

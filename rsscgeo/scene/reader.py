@@ -10,13 +10,14 @@ from __future__ import annotations
 import socket
 import threading
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import shapely
+import torch
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import RasterioError
@@ -25,28 +26,33 @@ from rasterio.warp import transform_bounds
 from rsscgeo.errors import SceneError, first_line
 from rsscgeo.rasterfile import open_scene
 from rsscgeo.scene.grid import Chunk, PatchGrid
+from rsscgeo.sources import SceneLike, SceneSource, scene_source, use_cog_defaults
 
 
 @dataclass(frozen=True)
 class SceneInfo:
     """What the scene files are, checked before any work starts."""
 
-    paths: tuple[Path, ...]
+    sources: tuple[SceneSource, ...]
     crs: CRS
     resolution: tuple[float, float]
     band_count: int
     dtype: str
-    reprojected: tuple[Path, ...]
+    reprojected: tuple[SceneSource, ...]
 
 
-def inspect_scenes(paths: list[Path]) -> SceneInfo:
-    """Check that every file is a georeferenced raster and describe the mosaic.
+def inspect_scenes(scenes: Sequence[SceneLike]) -> SceneInfo:
+    """Check that every scene is a georeferenced raster and describe the mosaic.
+
+    Args:
+        scenes: Local files, URLs or GDAL virtual paths (see ``rsscgeo.sources``).
 
     Raises:
-        SceneError: Naming the file and the fix.
+        SceneError: Naming the scene and the fix.
     """
-    if not paths:
+    if not scenes:
         raise SceneError("no scene given; pass one or more GeoTIFF files.")
+    paths = [scene_source(scene) for scene in scenes]
     first: dict[str, Any] = {}
     reprojected = []
     footprints = []  # (CRS, bounds) of each file, for the overlap check
@@ -70,9 +76,8 @@ def inspect_scenes(paths: list[Path]) -> SceneInfo:
         elif crs != first["crs"]:
             reprojected.append(path)
     _check_overlap(paths, footprints, first["crs"])
-    # Absolute paths: Dask workers may run in another working directory.
     return SceneInfo(
-        tuple(p.absolute() for p in paths),
+        tuple(paths),
         first["crs"],
         first["res"],
         first["count"],
@@ -81,7 +86,7 @@ def inspect_scenes(paths: list[Path]) -> SceneInfo:
     )
 
 
-def _check_overlap(paths: list[Path], footprints: list[tuple[CRS, Any]], crs: CRS) -> None:
+def _check_overlap(paths: list[SceneSource], footprints: list[tuple[CRS, Any]], crs: CRS) -> None:
     """Every file of a mosaic must overlap or touch another one (in the first CRS)."""
     if len(paths) < 2:
         return
@@ -102,25 +107,33 @@ class SceneReader:
     """Reads chunks of a mosaic; cheap to pickle (the dataset opens on first use).
 
     Attributes:
-        paths: The scene files.
+        sources: The scene files (paths given are made ``SceneSource`` objects).
         band_indexes: 1-based bands to read, in the model's band order.
         resolution: Reading resolution (x, y) in CRS units per pixel.
+        align_to: Another scene's patch grid to read onto (its CRS and pixel grid,
+            warping these files), e.g. a later date of the same place; ``None`` reads
+            on the first file's own grid.
     """
 
-    paths: tuple[Path, ...]
+    sources: tuple[SceneSource, ...]
     band_indexes: tuple[int, ...]
     resolution: tuple[float, float]
+    align_to: PatchGrid | None = None
     # GDAL file handles are not thread-safe: every thread gets its own dataset (and so
     # its own cached handles); sharing one gave decode errors and wrong pixels.
     _local: threading.local = field(
         default_factory=threading.local, init=False, repr=False, compare=False
     )
 
+    def __post_init__(self) -> None:
+        self.sources = tuple(scene_source(s) for s in self.sources)
+
     def __getstate__(self) -> dict[str, Any]:
         return {
-            "paths": self.paths,
+            "sources": self.sources,
             "band_indexes": self.band_indexes,
             "resolution": self.resolution,
+            "align_to": self.align_to,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -138,27 +151,45 @@ class SceneReader:
         if dataset is None:
             from rsscgeo._torchgeo import MosaicDataset
 
+            if any(s.is_remote for s in self.sources):
+                use_cog_defaults()  # in every worker process that reads
             try:
                 with warnings.catch_warnings():
                     # TorchGeo warns about a missing file before failing; our error says it.
                     warnings.simplefilter("ignore", UserWarning)
                     dataset = MosaicDataset(
-                        [str(p) for p in self.paths],
+                        [s.gdal_path for s in self.sources],
                         self.band_indexes,
                         self.resolution,
                         reuse_buffer=True,
+                        **self._alignment(),
                     )
             except (OSError, RasterioError) as err:
                 raise SceneError(
-                    f"cannot open {', '.join(map(str, self.paths))} on {socket.gethostname()} "
+                    f"cannot open {self._names} on {socket.gethostname()} "
                     f"({first_line(err)}); every Dask worker needs the scene at the same path "
                     "(a shared filesystem)."
                 ) from None
             self._local.dataset = dataset
         return dataset
 
+    def _alignment(self) -> dict[str, Any]:
+        if self.align_to is None:
+            return {}
+        transform = self.align_to.transform
+        return {"crs": self.align_to.crs, "origin": (transform.c, transform.f)}
+
+    @property
+    def _names(self) -> str:
+        return ", ".join(map(str, self.sources))
+
     def grid(self, patch: int, stride: int) -> PatchGrid:
-        """The patch grid on the mosaic's pixel grid at the reading resolution."""
+        """The patch grid on the mosaic's pixel grid at the reading resolution.
+
+        An aligned reader's grid is the one it is aligned to, with this patch and stride.
+        """
+        if self.align_to is not None:
+            return replace(self.align_to, patch=patch, stride=stride)
         xs, ys, _ = self.dataset.bounds
         xres, yres = self.resolution
         width = max(1, round((xs.stop - xs.start) / xres))
@@ -179,9 +210,14 @@ class SceneReader:
         xres, yres = self.resolution
         try:
             sample = self.dataset[left:right:xres, bottom:top:yres, t.start : t.stop]
+        except IndexError:  # an aligned scene that does not reach this chunk
+            _, _, width, height = grid.chunk_pixels(chunk)
+            dtype = np.uint8 if self.dataset.dtype == torch.uint8 else np.float32
+            shape = (len(self.band_indexes), height, width)
+            return np.zeros(shape, dtype), np.zeros((height, width), bool)
         except RasterioError as err:
             raise SceneError(
-                f"reading {', '.join(map(str, self.paths))} failed ({first_line(err)}); the "
+                f"reading {self._names} failed ({first_line(err)}); the "
                 "file may be truncated or corrupt: check it with gdalinfo -checksum."
             ) from None
         image = sample["image"].numpy()

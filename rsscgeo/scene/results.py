@@ -6,7 +6,7 @@ or classified until the user computes (or saves) the variables they want.
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Sequence
 
 import dask.array as da
 import numpy as np
@@ -18,10 +18,11 @@ from rsscgeo.modelfile import LoadedModel
 from rsscgeo.scene.inference import prepare_model
 from rsscgeo.scene.options import ClassifyOptions
 from rsscgeo.scene.plan import plan_scene
+from rsscgeo.sources import SceneLike
 
 
 def patch_dataset(
-    scenes: list[Path], loaded: LoadedModel, options: ClassifyOptions | None = None
+    scenes: Sequence[SceneLike], loaded: LoadedModel, options: ClassifyOptions | None = None
 ) -> xr.Dataset:
     """The scene's per-patch classification as an xarray Dataset (computed lazily).
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,14 @@ class GeoPackageWriter:
 
     An Uncertain patch has ``class_id`` -1 and ``class_name`` Uncertain; its ``score``,
     ``top1``-``top3`` and ``p_*`` columns are written as for any other patch.
+    ``metadata`` (e.g. STAC item ids) becomes the layer's GDAL metadata.
     """
 
-    def __init__(self, path: Path, grid: PatchGrid, legend: Legend) -> None:
+    def __init__(
+        self, path: Path, grid: PatchGrid, legend: Legend, metadata: Mapping[str, str] = {}
+    ) -> None:
         self.path = path
+        self.metadata = dict(metadata)
         self.tmp = temporary_path(path)
         self.grid = grid
         self.legend = legend
@@ -63,7 +68,7 @@ class GeoPackageWriter:
             driver="GPKG",
             engine="pyogrio",
             append=self.count > 0,
-            **({} if self.count else {"VERSION": GPKG_VERSION}),
+            **({} if self.count else self._creation),
         )
         self.count += len(frame)
 
@@ -71,7 +76,7 @@ class GeoPackageWriter:
         """Embed the style, write the ``.qml`` beside the output and move it into place."""
         if self.count == 0:
             self._frame_schema().to_file(
-                self.tmp, layer=self.layer, driver="GPKG", engine="pyogrio", VERSION=GPKG_VERSION
+                self.tmp, layer=self.layer, driver="GPKG", engine="pyogrio", **self._creation
             )
         qml = categorised_qml(self.legend)
         embed_default_style(self.tmp, self.layer, "geometry", qml)
@@ -82,6 +87,11 @@ class GeoPackageWriter:
     def abort(self) -> None:
         """Remove the temporary file."""
         self.tmp.unlink(missing_ok=True)
+
+    @property
+    def _creation(self) -> dict[str, Any]:
+        """Options of the write that creates the file."""
+        return {"VERSION": GPKG_VERSION, "layer_metadata": self.metadata or None}
 
     def _frame(self, result: ChunkResult) -> gpd.GeoDataFrame:
         chunk = result.chunk
@@ -132,11 +142,19 @@ class GeoTiffWriter:
 
     The class band has a colour table, 254 for Uncertain patches and nodata (255)
     where patches were skipped. Written tiled, then copied to a Cloud-Optimised
-    GeoTIFF on finish.
+    GeoTIFF on finish. ``metadata`` (e.g. STAC item ids) becomes dataset tags.
     """
 
-    def __init__(self, path: Path, grid: PatchGrid, legend: Legend, probabilities: bool) -> None:
+    def __init__(
+        self,
+        path: Path,
+        grid: PatchGrid,
+        legend: Legend,
+        probabilities: bool,
+        metadata: Mapping[str, str] = {},
+    ) -> None:
         self.path = path
+        self.metadata = dict(metadata)
         self.work = path.with_name(f".{path.name}.work.tif")
         self.tmp = temporary_path(path)
         self.legend = legend
@@ -185,6 +203,8 @@ class GeoTiffWriter:
             classes=",".join(self.card.class_names),
             uncertain_below=f"{self.legend.uncertain_below:g}",
         )
+        if self.metadata:
+            self.dst.update_tags(**self.metadata)
         self.dst.close()
         rasterio.shutil.copy(
             self.work, self.tmp, driver="COG", compress="deflate", overviews="auto"

@@ -36,7 +36,7 @@ class Served:
 
 def _handler(served: Served) -> type[BaseHTTPRequestHandler]:
     class RangeHandler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             pass  # keep test output clean; requests are recorded instead
 
         def _file(self) -> Path | None:
@@ -49,7 +49,7 @@ def _handler(served: Served) -> type[BaseHTTPRequestHandler]:
             self.send_header("ETag", f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"')
             self.send_header("Last-Modified", email.utils.formatdate(stat.st_mtime, usegmt=True))
 
-        def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_HEAD(self) -> None:
             served.requests.append(("HEAD", self.path, ""))
             path = self._file()
             if path is None:
@@ -61,7 +61,7 @@ def _handler(served: Served) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "image/tiff")
             self.end_headers()
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             wanted = self.headers.get("Range", "")
             served.requests.append(("GET", self.path, wanted))
             path = self._file()
@@ -95,13 +95,16 @@ def _handler(served: Served) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 self.wfile.write(data[start : end + 1])
                 return
-            body = b"".join(
-                f"--{BOUNDARY}\r\nContent-Type: image/tiff\r\n"
-                f"Content-Range: bytes {start}-{end}/{size}\r\n\r\n".encode()
-                + data[start : end + 1]
-                + b"\r\n"
-                for start, end in ranges
-            ) + f"--{BOUNDARY}--\r\n".encode()
+            body = (
+                b"".join(
+                    f"--{BOUNDARY}\r\nContent-Type: image/tiff\r\n"
+                    f"Content-Range: bytes {start}-{end}/{size}\r\n\r\n".encode()
+                    + data[start : end + 1]
+                    + b"\r\n"
+                    for start, end in ranges
+                )
+                + f"--{BOUNDARY}--\r\n".encode()
+            )
             self.send_header("Content-Type", f"multipart/byteranges; boundary={BOUNDARY}")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -133,3 +136,17 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+if __name__ == "__main__":  # python tests/servers.py FOLDER [PORT]: try remote scenes locally
+    import sys
+
+    folder, port = Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 8765
+    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(Served(folder, "")))
+    print(f"serving {folder} with byte ranges at http://127.0.0.1:{port}/ (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

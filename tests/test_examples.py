@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import os
+import re
 import runpy
+import sys
 from pathlib import Path
+from typing import Any
 
-import matplotlib
-import matplotlib.pyplot as plt
+import nbformat
+import pandas as pd
 import pytest
+from ipykernel.kernelspec import write_kernel_spec
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.utils import run_sync
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+from PIL import Image
 
 from rsscgeo import load_model
 from rsscgeo.data.layouts import open_catalog
@@ -78,21 +91,183 @@ def test_classify_images_example(
 # Names only: collection needs the list, the test resolves it with the repo_root fixture.
 NOTEBOOKS = sorted(p.name for p in Path(__file__).parents[1].joinpath("notebooks").glob("*.ipynb"))
 
+# Seconds per cell (nbclient's timeout is per cell): all of quickstart.ipynb, training and
+# scene included, takes about a minute on 2 CPU cores.
+CELL_TIMEOUT = 600
+
+# What each notebook leaves in its kernel, read back by one last cell that the test appends
+# to its in-memory copy: an expression over the notebook's own variables, printed as JSON.
+NOTEBOOK_STATE = {
+    "quickstart.ipynb": """{
+        "tiles": [p.parent.name for p in paths],
+        "predicted": [card.class_names[int(p.argmax())] for p in probs],
+        "accuracy": result.metrics["overall_accuracy"],
+        "model_path": result.model_path,
+        "work": work,
+        "classified": summary.classified,
+        "per_class": dict(summary.per_class),
+        "polygons": len(labels),
+        "crs": labels.crs.to_string(),
+    }""",
+    "transfer_study.ipynb": """{
+        "runs": list(table.index),
+        "means": [float(x) for x in table["mean"]],
+        "counts": [int(x) for x in table["count"]],
+    }""",
+}
+
+PROBE = """\
+import json as _json, os as _os, sys as _sys
+import matplotlib as _mpl
+print("rsscgeo-probe", _json.dumps({{
+    "executable": _sys.executable, "prefix": _sys.prefix, "cwd": _os.getcwd(),
+    "backend": _mpl.get_backend(), "state": {state},
+}}, default=str))
+"""
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _read_notebook(path: Path) -> nbformat.NotebookNode:
+    raw = json.loads(path.read_text())
+    # nbformat 4.5 wants cell ids; the committed notebooks have none (nbformat adds them with
+    # a warning, and will refuse them one day): give them ids here, in memory only.
+    for index, cell in enumerate(raw["cells"]):
+        cell.setdefault("id", f"cell-{index}")
+    return nbformat.reads(json.dumps(raw), as_version=nbformat.NO_CONVERT)  # and validates
+
+
+def _venv_kernel(folder: Path) -> AsyncKernelManager:
+    """A kernel on this interpreter (the venv's python under `make test`), whatever a
+    ``python3`` kernelspec elsewhere points to; its connection file stays in ``folder``."""
+    spec = Path(write_kernel_spec(folder / "kernels" / "rsscgeo-venv"))
+    argv = json.loads((spec / "kernel.json").read_text())["argv"]
+    assert argv[0] == sys.executable, argv
+    specs = KernelSpecManager(kernel_dirs=[str(spec.parent)])
+    manager = AsyncKernelManager(kernel_name="rsscgeo-venv", kernel_spec_manager=specs)
+    manager.connection_file = str(folder / "kernel-connection.json")
+    return manager
+
+
+def _cell_failure(name: str, notebook: nbformat.NotebookNode, error: CellExecutionError) -> str:
+    """The failing cell's number and source and the kernel's traceback, without colours."""
+    for index, cell in enumerate(notebook.cells):
+        for output in cell.get("outputs", []):
+            if output.output_type == "error":
+                traceback = _ANSI.sub("", "\n".join(output.traceback))
+                probe = " (the test's probe cell)" if index == len(notebook.cells) - 1 else ""
+                return (
+                    f"{name}, cell {index}{probe} raised {output.ename}: {output.evalue}\n"
+                    f"--- cell {index} ---\n{cell.source}\n--- kernel traceback ---\n{traceback}"
+                )
+    return f"{name}: {_ANSI.sub('', str(error))}"
+
+
+def _stdout(cell: nbformat.NotebookNode) -> str:
+    return "".join(o.text for o in cell.outputs if o.output_type == "stream" and o.name == "stdout")
+
+
+def _check_quickstart(state: dict[str, Any], cells: list[nbformat.NotebookNode], tmp: Path) -> None:
+    assert _stdout(cells[1]).startswith(
+        "tf_efficientnet_lite0 multiclass 30 classes, 2.0 m/px, bands ['red', 'green', 'blue']"
+    ), _stdout(cells[1])
+    # The bundled model on one real tile of each of eight classes.
+    right = sum(p == t for p, t in zip(state["predicted"], state["tiles"], strict=True))
+    assert right >= 7, list(zip(state["predicted"], state["tiles"], strict=True))
+    # The short training run wrote its model under the kernel's temporary folder (TMPDIR).
+    model = Path(state["model_path"])
+    assert model.is_file() and tmp in model.parents and Path(state["work"]) in model.parents
+    assert 0 <= state["accuracy"] <= 1
+    assert "held-out overall accuracy" in _stdout(cells[7])
+    # The scene classified with it: one polygon per patch, in the scene's CRS.
+    assert state["classified"] > 0 and state["polygons"] == state["classified"]
+    assert sum(state["per_class"].values()) == state["classified"]
+    assert set(state["per_class"]) <= {"Farmland", "Forest", "Meadow", "Pond"}
+    assert state["crs"].startswith("EPSG:")
+    assert f"{state['classified']} patches classified" in _stdout(cells[9])
+
+
+def _check_transfer_study(
+    state: dict[str, Any], cells: list[nbformat.NotebookNode], study: Path
+) -> None:
+    # The table the notebook shows is the committed results, three seeds per run.
+    results = pd.read_csv(study / "results.csv")
+    target = results[(results.dataset == "target") & (results.metric == "overall_accuracy")]
+    means = (100 * target.groupby("run").value.mean()).round(2)
+    assert state["runs"] and set(state["runs"]) == set(means.index)
+    assert state["means"] == [means[run] for run in state["runs"]]
+    assert state["counts"] == [3] * len(state["runs"])
+    # results.head() and the table come back as rich outputs, as in Jupyter.
+    for index in (1, 2):
+        (shown,) = [o for o in cells[index].outputs if o.output_type == "execute_result"]
+        assert "text/html" in shown.data, shown.data.keys()
+    assert all(run in cells[2].outputs[-1].data["text/html"] for run in state["runs"])
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs_top_to_bottom(
-    name: str, repo_root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    notebook = repo_root / "notebooks" / name
-    matplotlib.use("Agg")
-    plt.close("all")
-    monkeypatch.chdir(notebook.parent)
-    cells = json.loads(notebook.read_text())["cells"]
-    namespace: dict[str, object] = {"__name__": "__notebook__"}
-    for cell in cells:
-        if cell["cell_type"] == "code":
-            exec(compile("".join(cell["source"]), f"{notebook.name}", "exec"), namespace)
-    figures = plt.get_fignums()
-    plt.close("all")
-    assert figures, "the notebook should draw its figures"
+def test_notebook_runs_top_to_bottom(name: str, repo_root: Path, tmp_path: Path) -> None:
+    """Each notebook, as committed (no outputs), runs under a real IPython kernel on this
+    interpreter from ``notebooks/``; its figures come back as PNGs and its results hold."""
+    path = repo_root / "notebooks" / name
+    notebook = _read_notebook(path)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, f"{name}: clear its outputs"
+    source_cells = len(notebook.cells)
+    state = NOTEBOOK_STATE.get(name, "None")
+    notebook.cells.append(nbformat.v4.new_code_cell(PROBE.format(state=state)))
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {key: value for key, value in os.environ.items() if key != "MPLBACKEND"}
+    # Kernel-side temporary files and IPython's profile in tmp_path, not in /tmp or ~/.ipython.
+    env.update(TMPDIR=str(tmp), IPYTHONDIR=str(tmp_path / "ipython"))
+    manager = _venv_kernel(tmp_path)
+    client = NotebookClient(
+        notebook,
+        km=manager,
+        timeout=CELL_TIMEOUT,
+        startup_timeout=120,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    try:
+        client.execute(cleanup_kc=True, env=env)
+    except CellExecutionError as error:
+        pytest.fail(_cell_failure(name, notebook, error), pytrace=False)
+    finally:
+        # Shut down by nbclient already; this only catches a kernel it could not reach.
+        if manager.has_kernel:
+            run_sync(manager.shutdown_kernel)(now=True)
+        nbformat.write(notebook, tmp_path / name)  # the executed copy, to look at on failure
+
+    cells = notebook.cells[:source_cells]
+    code = [cell for cell in cells if cell.cell_type == "code"]
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1))
+
+    # The probe: the kernel ran this interpreter from notebooks/, with the inline backend.
+    (line,) = [x for x in _stdout(notebook.cells[-1]).splitlines() if x.startswith("rsscgeo-probe")]
+    probe = json.loads(line.removeprefix("rsscgeo-probe "))
+    assert probe["executable"] == sys.executable and probe["prefix"] == sys.prefix, probe
+    assert Path(probe["cwd"]) == path.parent
+    assert "inline" in probe["backend"], probe["backend"]
+
+    # Every cell that draws a figure displays exactly one PNG of it; no other cell shows one.
+    for cell in code:
+        pngs = [
+            o.data["image/png"]
+            for o in cell.outputs
+            if o.output_type == "display_data" and "image/png" in o.data
+        ]
+        assert len(pngs) == cell.source.count("plt.subplots("), f"{name}, cell {cells.index(cell)}"
+        for png in pngs:
+            with Image.open(io.BytesIO(base64.b64decode(png))) as image:
+                assert image.width > 200 and image.height > 200
+                low, high = image.convert("L").getextrema()
+                assert low < high, "a blank figure"
+    assert any("plt.subplots(" in cell.source for cell in code), "the notebook draws figures"
+
+    if name == "quickstart.ipynb":
+        _check_quickstart(probe["state"], cells, tmp)
+    elif name == "transfer_study.ipynb":
+        _check_transfer_study(probe["state"], cells, repo_root / "examples" / "transfer_study")

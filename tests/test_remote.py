@@ -14,9 +14,9 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from helpers import assert_one_line_error
 from servers import closed_port, serve_folder
 
-from helpers import assert_one_line_error
 from rsscgeo.errors import SceneError
 from rsscgeo.sources import COG_DEFAULTS, scene_source
 
@@ -80,7 +80,10 @@ def test_served_scene_gives_the_outputs_of_the_local_file(
         actual = gpd.read_file(tmp_path / f"{name}.gpkg")
         assert expected.drop(columns="geometry").equals(actual.drop(columns="geometry"))
         assert expected.geometry.geom_equals(actual.geometry).all()
-        with rasterio.open(tmp_path / "local.tif") as a, rasterio.open(tmp_path / f"{name}.tif") as b:
+        with (
+            rasterio.open(tmp_path / "local.tif") as a,
+            rasterio.open(tmp_path / f"{name}.tif") as b,
+        ):
             np.testing.assert_array_equal(a.read(), b.read())
             assert a.transform == b.transform
         local_areas = (tmp_path / "local.areas.csv").read_text()

@@ -208,12 +208,10 @@ def _cross_cell(values: list[float]) -> str:
 
 def bar_chart(experiment: ExperimentConfig, rows: list[Row], path: Path) -> None:
     """One bar per pooled row (mean, with the std as an error bar)."""
-    import matplotlib
+    from matplotlib.figure import Figure  # pyplot-free: the caller's backend stays
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(rows) + 1), 4), layout="constrained")
+    fig = Figure(figsize=(max(4.0, 1.1 * len(rows) + 1), 4), layout="constrained")
+    ax = fig.subplots()
     labels = [row.run for row in rows]
     bars = ax.bar(labels, [r.mean for r in rows], yerr=[r.std for r in rows], capsize=4)
     ax.bar_label(bars, labels=[f"{r.mean:.1f}" for r in rows], padding=2)
@@ -223,4 +221,3 @@ def bar_chart(experiment: ExperimentConfig, rows: list[Row], path: Path) -> None
     ax.set_ylim(max(0.0, low - 10), 100)
     ax.tick_params(axis="x", rotation=30)
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -1,15 +1,16 @@
-"""The PNG figures a run writes: confusion matrix and training curves."""
+"""The PNG figures a run writes: confusion matrix and training curves.
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects, not through pyplot, so
+writing them never changes the caller's backend (a notebook keeps showing its plots).
+"""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # after choosing the headless backend
 import numpy as np
+from matplotlib.figure import Figure
 
 
 def plot_confusion(path: Path, confusion: list[list[int]], classes: list[str]) -> None:
@@ -17,7 +18,8 @@ def plot_confusion(path: Path, confusion: list[list[int]], classes: list[str]) -
     matrix = np.asarray(confusion, dtype=float)
     matrix = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     size = max(6.0, 0.3 * len(classes))
-    fig, ax = plt.subplots(figsize=(size, size), layout="constrained")
+    fig = Figure(figsize=(size, size), layout="constrained")
+    ax = fig.subplots()
     image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
     ax.set_yticks(range(len(classes)), classes, fontsize=7)
@@ -25,7 +27,6 @@ def plot_confusion(path: Path, confusion: list[list[int]], classes: list[str]) -
     ax.set_ylabel("true")
     fig.colorbar(image, ax=ax, shrink=0.6, label="fraction of true class")
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_curves(path: Path, metrics_csvs: list[Path]) -> None:
@@ -48,7 +49,8 @@ def plot_curves(path: Path, metrics_csvs: list[Path]) -> None:
     series = {
         k: {e: float(np.mean(v)) for e, v in per_epoch.items()} for k, per_epoch in values.items()
     }
-    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    loss_ax, metric_ax = fig.subplots(1, 2)
     for key, points in sorted(series.items()):
         ax = loss_ax if key.endswith("loss") else metric_ax
         epochs = sorted(points)
@@ -59,4 +61,3 @@ def plot_curves(path: Path, metrics_csvs: list[Path]) -> None:
         if ax.lines:
             ax.legend(fontsize=8)
     fig.savefig(path, dpi=120)
-    plt.close(fig)

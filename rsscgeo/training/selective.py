@@ -97,12 +97,10 @@ def plot_risk_coverage(
     path: Path, curves: dict[str, list[CurvePoint]], title: str, marker: Coverage | None = None
 ) -> None:
     """Accuracy against coverage, one line per curve, the Uncertain cut-off as a dot."""
-    import matplotlib
+    from matplotlib.figure import Figure  # pyplot-free: the caller's backend stays
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4), layout="constrained")
+    fig = Figure(figsize=(5.5, 4), layout="constrained")
+    ax = fig.subplots()
     for label, points in curves.items():
         xs = [100 * p.coverage for p in points]
         ax.plot(xs, [100 * p.accuracy for p in points], marker="o", markersize=3, label=label)
@@ -122,4 +120,3 @@ def plot_risk_coverage(
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8, loc="lower left")
     fig.savefig(path, dpi=120)
-    plt.close(fig)

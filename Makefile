@@ -14,8 +14,8 @@ setup:
 # The main job: classify the bundled real NAIP scene with the bundled model.
 demo: setup
 	@mkdir -p out
-	$(BIN)/rsscgeo classify $(SCENE) --out out/naip_2020_labels.gpkg --out out/naip_2020_labels.tif --preview out/naip_2020_map.png --overwrite
-	@echo "open out/naip_2020_labels.gpkg (styled, with out/naip_2020_labels.qml) and out/naip_2020_labels.tif in QGIS; out/naip_2020_map.png is a picture of the map"
+	$(BIN)/rsscgeo classify $(SCENE) --out out/naip_2020_labels.gpkg --out out/naip_2020_labels.tif --preview out/naip_2020_map.png --report out/naip_2020_report.html --overwrite
+	@echo "open out/naip_2020_report.html in a browser; out/naip_2020_labels.gpkg (styled, with out/naip_2020_labels.qml) and out/naip_2020_labels.tif in QGIS; out/naip_2020_labels.areas.csv holds the area per class"
 
 # The bundled model's accuracy on its held-out split of the real AID images.
 evaluate: setup

@@ -74,6 +74,11 @@ Job = tuple[list["SceneSource"], "ClassifyOutputs"]
     help="Also draw the (first) scene beside its class map into this PNG; needs a .tif --out.",
 )
 @click.option(
+    "--report",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write a self-contained HTML report (map, areas, settings) of the run.",
+)
+@click.option(
     "--overwrite",
     is_flag=True,
     help="Replace existing outputs (and start over if a journal belongs to another run).",
@@ -95,6 +100,7 @@ def classify(
     scheduler: str | None,
     device: str,
     preview: Path | None,
+    report: Path | None,
     overwrite: bool,
     resume: bool,
 ) -> None:
@@ -114,6 +120,8 @@ def classify(
     jobs = _jobs(list(scenes), outputs, out_dir, formats, overwrite=overwrite, resume=resume)
     if preview is not None:
         _check_preview(preview, jobs)
+    if report is not None:
+        _check_report(report, jobs, overwrite=overwrite)
     loaded = load_model(model or BUNDLED_MODEL)
     plans: list[ScenePlan] = []
     for job_scenes, job_outputs in jobs:
@@ -122,11 +130,13 @@ def classify(
         # Later jobs reuse the model as the first plan runs it (one ONNX session).
         model_to_run = plans[0].model if plans else loaded
         plans.append(plan_scene(job_scenes, model_to_run, options, job_outputs, say=_say))
+    summaries: list[ClassifySummary] = []
     with open_engine(scheduler, workers=workers, processes=processes, device=device) as engine:
         for plan in plans:
             if len(plans) > 1:
                 click.echo(f"{plan.reader.sources[0]}:", err=True)
-            _report(run_plan(plan, engine, say=_say), options.min_valid)
+            summaries.append(run_plan(plan, engine, say=_say))
+            _report(summaries[-1], options.min_valid)
     if preview is not None:
         from rsscgeo.scene.preview import draw_map
 
@@ -135,6 +145,11 @@ def classify(
         scene = plans[0].reader.sources[0]
         draw_map(scene.gdal_path, job_outputs.geotiff, loaded.card, preview, title=scene.filename)
         click.echo(f"wrote {preview}")
+    if report is not None:
+        from rsscgeo.scene.report import write_report
+
+        written = write_report(report, plans[0], summaries[0], overwrite=overwrite)
+        click.echo(f"wrote {written}")
 
 
 def _say(line: str) -> None:
@@ -154,6 +169,19 @@ def _check_preview(preview: Path, jobs: list[Job]) -> None:
     if preview.suffix.lower() != ".png":
         raise OptionError(f"--preview writes a PNG; name it *.png, not {preview.name}.")
     check_output_folder(preview.parent, "--preview", create=False)
+
+
+def _check_report(report: Path, jobs: list[Job], *, overwrite: bool) -> None:
+    """Refuse a report that cannot be written, before any work."""
+    from rsscgeo.errors import OptionError
+    from rsscgeo.scene.report import check_report_path
+
+    if len(jobs) != 1:
+        raise OptionError(
+            f"--report describes one run; --out-dir makes {len(jobs)} here: use --out, or "
+            "--out-dir with one scene."
+        )
+    check_report_path(report, overwrite=overwrite)
 
 
 def _jobs(

@@ -55,6 +55,9 @@ class ScenePlan:
         notes: The decisions made, in words, for the run's report.
         metadata: What the outputs record about the inputs (e.g. STAC item ids and
             datetimes).
+        resolution_note: The reading-resolution (GSD) decision, in words (also in
+            ``notes``).
+        backend_note: The backend decision, in words (also in ``notes``).
     """
 
     model: LoadedModel
@@ -69,6 +72,8 @@ class ScenePlan:
     backend: str
     notes: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    resolution_note: str = ""
+    backend_note: str = ""
 
     @property
     def chunks(self) -> list[Chunk]:
@@ -167,6 +172,8 @@ def plan_scene(
         choice.backend,
         notes,
         inputs.metadata,
+        gsd_note,
+        choice.note,
     )
 
 

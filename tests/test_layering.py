@@ -31,7 +31,8 @@ SCENE_ORDER = [
     {"legend", "tasks", "journal"},
     {"plan", "style", "preview"},
     {"engine", "writers", "areas"},
-    {"classify", "results"},
+    {"classify", "results", "change"},
+    {"report"},
 ]
 
 

@@ -106,7 +106,7 @@ def test_uncertain_patches_in_every_output(
     np.testing.assert_array_equal(frame["class_name"][confident], frame["top1"][confident])
     # The report gives the count, the share and where the threshold came from.
     share = 100 * uncertain.sum() / len(frame)
-    assert f"Uncertain: {uncertain.sum()} patches ({share:.1f}% of classified)" in output
+    assert f"Uncertain: {uncertain.sum()} patches ({share:.1f}% of classified, " in output
     assert f"below {threshold:g} from the model card" in output
 
     with rasterio.open(tif) as src:

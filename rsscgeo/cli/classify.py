@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from rsscgeo.cli.options import classify_options
+from rsscgeo.cli.options import classify_options, engine_options, scene_model_option
 
 if TYPE_CHECKING:  # the CLI imports the engine lazily, so --help stays fast
     from rsscgeo.scene.classify import ClassifySummary
@@ -45,29 +45,9 @@ Job = tuple[list["SceneSource"], "ClassifyOutputs"]
     type=click.Choice(["gpkg", "tif"]),
     help="With --out-dir: output formats; repeat for both [default: gpkg].",
 )
-@click.option(
-    "--model",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Model file [default: bundled].",
-)
+@scene_model_option
 @classify_options
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    help="Local Dask worker threads (or processes) [default: all cores].",
-)
-@click.option(
-    "--processes", is_flag=True, help="Local workers as processes (one model each), not threads."
-)
-@click.option(
-    "--scheduler",
-    metavar="ADDRESS",
-    help="Run on an existing Dask cluster, e.g. tcp://host:8786 [default: "
-    "$DASK_SCHEDULER_ADDRESS, else a local cluster].",
-)
-@click.option(
-    "--device", default="auto", show_default=True, help="auto (GPU when present), cpu or cuda[:i]."
-)
+@engine_options
 @click.option(
     "--preview",
     type=click.Path(path_type=Path, dir_okay=False),

@@ -23,6 +23,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # command name → "module:attribute"; modules load only when their command runs.
 COMMANDS = {
     "classify": "rsscgeo.cli.classify:classify",
+    "change": "rsscgeo.cli.change:change",
     "train": "rsscgeo.cli.train:train",
     "experiment": "rsscgeo.cli.experiment:experiment",
     "evaluate": "rsscgeo.cli.evaluate:evaluate",

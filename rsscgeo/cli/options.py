@@ -148,3 +148,43 @@ def classify_options(command: F) -> F:
     for option in reversed(_CLASSIFY_OPTIONS):
         decorated = option(decorated)
     return decorated  # type: ignore[no-any-return]
+
+
+scene_model_option = click.option(
+    "--model",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Model file [default: bundled].",
+)
+# Where chunk tasks run (``rsscgeo.scene.engine.open_engine``), in --help order.
+_ENGINE_OPTIONS = [
+    click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        help="Local Dask worker threads (or processes) [default: all cores].",
+    ),
+    click.option(
+        "--processes",
+        is_flag=True,
+        help="Local workers as processes (one model each), not threads.",
+    ),
+    click.option(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Run on an existing Dask cluster, e.g. tcp://host:8786 [default: "
+        "$DASK_SCHEDULER_ADDRESS, else a local cluster].",
+    ),
+    click.option(
+        "--device",
+        default="auto",
+        show_default=True,
+        help="auto (GPU when present), cpu or cuda[:i].",
+    ),
+]
+
+
+def engine_options(command: F) -> F:
+    """Add ``--workers``, ``--processes``, ``--scheduler`` and ``--device`` to ``command``."""
+    decorated: Any = command
+    for option in reversed(_ENGINE_OPTIONS):
+        decorated = option(decorated)
+    return decorated  # type: ignore[no-any-return]

@@ -141,7 +141,7 @@ def plan_scene(
         resolution, gsd_note = _reading_resolution(info, card.gsd, options.gsd)
     else:
         resolution = (align_to.transform.a, -align_to.transform.e)
-        gsd_note = f"reading onto the first scene's grid ({resolution[0]:g} per pixel)"
+        gsd_note = f"reading onto the first scene's grid ({resolution[0]:g} CRS units per pixel)"
     notes.append(gsd_note)
     reader = SceneReader(info.sources, tuple(band_indexes), resolution, align_to)
     patch = options.patch_size or card.patch_size

@@ -1,6 +1,8 @@
-"""QGIS styles from a map legend: a categorised renderer, one category per class.
+"""QGIS styles: class maps (one category per legend entry) and change maps.
 
-The legend is the card's classes and, when enabled, Uncertain (see ``legend``).
+The legend is the card's classes and, when enabled, Uncertain (see ``legend``). A
+change map's style draws changed patches in a strong colour and the others as thin
+outlines only (see ``change``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,12 @@ from pathlib import Path
 from rsscgeo.scene.legend import Legend
 
 CLASS_FIELD = "class_name"
+CHANGED_FIELD = "changed"
+# Changed patches: a strong red, unmistakable over imagery and over any class colour...
+CHANGED_RGB = (228, 26, 28)
+# ...unchanged ones: no fill, a thin dark grey outline.
+UNCHANGED_OUTLINE_RGB = (90, 90, 90)
+_DOCTYPE = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
 # The table QGIS reads default styles from (it creates the same when saving a style).
 _LAYER_STYLES_SQL = """
 CREATE TABLE IF NOT EXISTS layer_styles (
@@ -24,16 +32,9 @@ CREATE TABLE IF NOT EXISTS layer_styles (
 
 def categorised_qml(legend: Legend, field: str = CLASS_FIELD) -> str:
     """A QGIS 3 vector style: polygons filled with each legend entry's colour."""
-    root = ET.Element("qgis", version="3.22.0", styleCategories="Symbology")
-    renderer = ET.SubElement(
-        root,
-        "renderer-v2",
-        type="categorizedSymbol",
-        attr=field,
-        symbollevels="0",
-        enableorderby="0",
-        forceraster="0",
-    )
+    root = _style_root()
+    renderer = ET.SubElement(root, "renderer-v2", type="categorizedSymbol", attr=field)
+    _renderer_defaults(renderer)
     categories = ET.SubElement(renderer, "categories")
     symbols = ET.SubElement(renderer, "symbols")
     for index, entry in enumerate(legend.entries):
@@ -45,40 +46,79 @@ def categorised_qml(legend: Legend, field: str = CLASS_FIELD) -> str:
             symbol=str(index),
             render="true",
         )
-        symbol = ET.SubElement(
-            symbols,
-            "symbol",
-            name=str(index),
-            type="fill",
-            alpha="1",
-            clip_to_extent="1",
-            force_rhr="0",
-        )
-        layer = ET.SubElement(
-            symbol, "layer", {"class": "SimpleFill", "enabled": "1", "pass": "0", "locked": "0"}
-        )
-        options = ET.SubElement(layer, "Option", type="Map")
-        red, green, blue = entry.rgb
-        for name, value in (
-            ("color", f"{red},{green},{blue},255"),
-            ("style", "solid"),
-            ("outline_style", "no"),
-        ):
-            ET.SubElement(options, "Option", name=name, type="QString", value=value)
-    return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(
-        root, encoding="unicode"
+        _fill_symbol(symbols, str(index), (*entry.rgb, 255), outline=None)
+    return _DOCTYPE + ET.tostring(root, encoding="unicode")
+
+
+def change_qml(field: str = CHANGED_FIELD) -> str:
+    """A QGIS 3 vector style for a change layer: a rule on the boolean ``field``.
+
+    Changed patches are filled in ``CHANGED_RGB``; unchanged ones are left unfilled
+    with a thin outline, so the imagery below stays visible.
+    """
+    root = _style_root()
+    renderer = ET.SubElement(root, "renderer-v2", type="RuleRenderer")
+    _renderer_defaults(renderer)
+    rules = ET.SubElement(renderer, "rules", key="root")
+    ET.SubElement(rules, "rule", key="changed", filter=f'"{field}"', label="changed", symbol="0")
+    ET.SubElement(rules, "rule", key="unchanged", filter="ELSE", label="unchanged", symbol="1")
+    symbols = ET.SubElement(renderer, "symbols")
+    _fill_symbol(symbols, "0", (*CHANGED_RGB, 255), outline=None)
+    _fill_symbol(symbols, "1", None, outline=(*UNCHANGED_OUTLINE_RGB, 255))
+    return _DOCTYPE + ET.tostring(root, encoding="unicode")
+
+
+def _style_root() -> ET.Element:
+    return ET.Element("qgis", version="3.22.0", styleCategories="Symbology")
+
+
+def _renderer_defaults(renderer: ET.Element) -> None:
+    renderer.attrib.update(symbollevels="0", enableorderby="0", forceraster="0")
+
+
+def _fill_symbol(
+    symbols: ET.Element,
+    name: str,
+    fill: tuple[int, int, int, int] | None,
+    outline: tuple[int, int, int, int] | None,
+) -> None:
+    """A simple fill symbol: a ``fill`` colour and an ``outline`` (0.26 mm), each optional."""
+    symbol = ET.SubElement(
+        symbols, "symbol", name=name, type="fill", alpha="1", clip_to_extent="1", force_rhr="0"
     )
+    layer = ET.SubElement(
+        symbol, "layer", {"class": "SimpleFill", "enabled": "1", "pass": "0", "locked": "0"}
+    )
+    options = ET.SubElement(layer, "Option", type="Map")
+    values = [("color", _rgba(fill or (0, 0, 0, 0))), ("style", "no" if fill is None else "solid")]
+    if outline is None:
+        values.append(("outline_style", "no"))
+    else:
+        values += [
+            ("outline_style", "solid"),
+            ("outline_color", _rgba(outline)),
+            ("outline_width", "0.26"),
+            ("outline_width_unit", "MM"),
+        ]
+    for key, value in values:
+        ET.SubElement(options, "Option", name=key, type="QString", value=value)
 
 
-def embed_default_style(gpkg: Path, layer: str, geometry_column: str, qml: str) -> None:
+def _rgba(color: tuple[int, int, int, int]) -> str:
+    return ",".join(map(str, color))
+
+
+def embed_default_style(
+    gpkg: Path, layer: str, geometry_column: str, qml: str, description: str = "rsscgeo classes"
+) -> None:
     """Store ``qml`` in the GeoPackage's ``layer_styles`` table as the layer's default."""
     with sqlite3.connect(gpkg) as db:
         db.execute(_LAYER_STYLES_SQL)
         db.execute(
             "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, "
             "f_geometry_column, styleName, styleQML, styleSLD, useAsDefault, description) "
-            "VALUES ('', '', ?, ?, ?, ?, '', 1, 'rsscgeo classes')",
-            (layer, geometry_column, layer, qml),
+            "VALUES ('', '', ?, ?, ?, ?, '', 1, ?)",
+            (layer, geometry_column, layer, qml, description),
         )
         # Registered as an attributes table so GDAL and QGIS treat it as part of the file.
         db.execute(

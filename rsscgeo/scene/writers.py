@@ -3,13 +3,15 @@
 Both writers work on a temporary path beside the output and move it into place only
 in ``finish``; ``abort`` removes the temporary files, so a failed run leaves nothing.
 Both label patches through the run's ``Legend`` (the card's classes and Uncertain).
+The file mechanics (:class:`GeoPackageLayer`, :class:`PatchRaster`) serve other
+per-patch outputs too (``change``).
 """
 
 from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import rasterio.shutil
 import shapely
 from rasterio.windows import Window
 
-from rsscgeo.scene.grid import PatchGrid
+from rsscgeo.scene.grid import Chunk, PatchGrid
 from rsscgeo.scene.inference import ChunkResult
 from rsscgeo.scene.legend import CLASS_NODATA, UNCERTAIN, UNCERTAIN_ID, Legend
 from rsscgeo.scene.style import CLASS_FIELD, categorised_qml, embed_default_style
@@ -36,6 +38,57 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.part{path.suffix}")
 
 
+class GeoPackageLayer:
+    """A GeoPackage of one layer (named after the file), appended frame by frame.
+
+    Frames go to a temporary path; ``finish`` embeds a QGIS style as the layer's
+    default, writes it as a ``.qml`` beside the output and moves the file into place;
+    ``abort`` removes the temporary file. ``metadata`` becomes the layer's GDAL metadata.
+    """
+
+    def __init__(self, path: Path, metadata: Mapping[str, str] = {}) -> None:
+        self.path = path
+        self.metadata = dict(metadata)
+        self.tmp = temporary_path(path)
+        self.layer = path.stem
+        self.count = 0
+        self.tmp.unlink(missing_ok=True)
+
+    def append(self, frame: gpd.GeoDataFrame) -> None:
+        """Append ``frame``'s features (none: nothing happens)."""
+        if frame.empty:
+            return
+        self._write(frame, append=self.count > 0)
+        self.count += len(frame)
+
+    def finish(self, schema: gpd.GeoDataFrame, qml: str, description: str) -> Path:
+        """Style the layer with ``qml`` and move the file into place.
+
+        Args:
+            schema: An empty frame with the layer's columns, written if no feature was.
+            qml: The QGIS style.
+            description: The style's description in QGIS.
+        """
+        if self.count == 0:
+            self._write(schema, append=False)
+        embed_default_style(self.tmp, self.layer, "geometry", qml, description)
+        self.path.with_suffix(".qml").write_text(qml)
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Remove the temporary file."""
+        self.tmp.unlink(missing_ok=True)
+
+    def _write(self, frame: gpd.GeoDataFrame, *, append: bool) -> None:
+        creation = (
+            {} if append else {"VERSION": GPKG_VERSION, "layer_metadata": self.metadata or None}
+        )
+        frame.to_file(
+            self.tmp, layer=self.layer, driver="GPKG", engine="pyogrio", append=append, **creation
+        )
+
+
 class GeoPackageWriter:
     """One polygon per classified patch, with a categorised QGIS style embedded.
 
@@ -48,50 +101,24 @@ class GeoPackageWriter:
         self, path: Path, grid: PatchGrid, legend: Legend, metadata: Mapping[str, str] = {}
     ) -> None:
         self.path = path
-        self.metadata = dict(metadata)
-        self.tmp = temporary_path(path)
+        self.file = GeoPackageLayer(path, metadata)
         self.grid = grid
         self.legend = legend
         self.card = legend.card
-        self.layer = path.stem
-        self.count = 0
-        self.tmp.unlink(missing_ok=True)
 
     def write(self, result: ChunkResult) -> None:
         """Append the chunk's classified patches."""
-        frame = self._frame(result)
-        if frame.empty:
-            return
-        frame.to_file(
-            self.tmp,
-            layer=self.layer,
-            driver="GPKG",
-            engine="pyogrio",
-            append=self.count > 0,
-            **({} if self.count else self._creation),
-        )
-        self.count += len(frame)
+        self.file.append(self._frame(result))
 
     def finish(self) -> Path:
         """Embed the style, write the ``.qml`` beside the output and move it into place."""
-        if self.count == 0:
-            self._frame_schema().to_file(
-                self.tmp, layer=self.layer, driver="GPKG", engine="pyogrio", **self._creation
-            )
-        qml = categorised_qml(self.legend)
-        embed_default_style(self.tmp, self.layer, "geometry", qml)
-        self.path.with_suffix(".qml").write_text(qml)
-        os.replace(self.tmp, self.path)
-        return self.path
+        return self.file.finish(
+            self._frame_schema(), categorised_qml(self.legend), "rsscgeo classes"
+        )
 
     def abort(self) -> None:
         """Remove the temporary file."""
-        self.tmp.unlink(missing_ok=True)
-
-    @property
-    def _creation(self) -> dict[str, Any]:
-        """Options of the write that creates the file."""
-        return {"VERSION": GPKG_VERSION, "layer_metadata": self.metadata or None}
+        self.file.abort()
 
     def _frame(self, result: ChunkResult) -> gpd.GeoDataFrame:
         chunk = result.chunk
@@ -137,6 +164,59 @@ class GeoPackageWriter:
         return gpd.GeoDataFrame(pd.DataFrame(columns), geometry=geometry, crs=self.grid.crs)
 
 
+class PatchRaster:
+    """A raster of one pixel per patch, written chunk by chunk and published as a COG.
+
+    Pixels go to a tiled work file beside the output (nodata 255); ``publish`` copies
+    it to a Cloud-Optimised GeoTIFF and moves that into place; ``abort`` removes both.
+    Set band descriptions, tags or a colour table on ``dst`` before publishing.
+    """
+
+    def __init__(self, path: Path, grid: PatchGrid, count: int, dtype: str) -> None:
+        self.path = path
+        self.work = path.with_name(f".{path.name}.work.tif")
+        self.tmp = temporary_path(path)
+        self.dst = rasterio.open(
+            self.work,
+            "w",
+            driver="GTiff",
+            width=grid.cols,
+            height=grid.rows,
+            count=count,
+            dtype=dtype,
+            crs=grid.crs,
+            transform=grid.output_transform,
+            nodata=CLASS_NODATA,
+            tiled=True,
+            blockxsize=256,
+            blockysize=256,
+            compress="deflate",
+        )
+
+    def write(self, bands: np.ndarray, chunk: Chunk, first_band: int = 1) -> None:
+        """Write ``bands`` (bands x nrows x ncols) at ``chunk``'s pixels from ``first_band``."""
+        window = Window(chunk.col, chunk.row, chunk.ncols, chunk.nrows)
+        indexes = list(range(first_band, first_band + len(bands)))
+        self.dst.write(bands.astype(self.dst.dtypes[0]), indexes, window=window)
+
+    def publish(self) -> Path:
+        """Close the work file, copy it to a COG and move that into place."""
+        self.dst.close()
+        rasterio.shutil.copy(
+            self.work, self.tmp, driver="COG", compress="deflate", overviews="auto"
+        )
+        self.work.unlink()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Close and remove the temporary files."""
+        if not self.dst.closed:
+            self.dst.close()
+        self.work.unlink(missing_ok=True)
+        self.tmp.unlink(missing_ok=True)
+
+
 class GeoTiffWriter:
     """One pixel per patch: class id, then optionally one probability band per class.
 
@@ -155,28 +235,12 @@ class GeoTiffWriter:
     ) -> None:
         self.path = path
         self.metadata = dict(metadata)
-        self.work = path.with_name(f".{path.name}.work.tif")
-        self.tmp = temporary_path(path)
         self.legend = legend
         self.card = legend.card
         self.probabilities = probabilities
         count = 1 + (self.card.num_classes if probabilities else 0)
-        self.dst = rasterio.open(
-            self.work,
-            "w",
-            driver="GTiff",
-            width=grid.cols,
-            height=grid.rows,
-            count=count,
-            dtype="float32" if probabilities else "uint8",
-            crs=grid.crs,
-            transform=grid.output_transform,
-            nodata=CLASS_NODATA,
-            tiled=True,
-            blockxsize=256,
-            blockysize=256,
-            compress="deflate",
-        )
+        self.raster = PatchRaster(path, grid, count, "float32" if probabilities else "uint8")
+        self.dst = self.raster.dst
         if not probabilities:  # a colour table must exist before pixels are written
             colors = {e.value: (*e.rgb, 255) for e in legend.entries}
             self.dst.write_colormap(1, colors)
@@ -184,14 +248,11 @@ class GeoTiffWriter:
     def write(self, result: ChunkResult) -> None:
         """Write the chunk's block of pixels."""
         chunk = result.chunk
-        skipped = ~result.classified
-        classes = self.legend.raster_values(result)
-        window = Window(chunk.col, chunk.row, chunk.ncols, chunk.nrows)
-        self.dst.write(classes.astype(self.dst.dtypes[0]), 1, window=window)
+        self.raster.write(self.legend.raster_values(result)[None], chunk)
         if self.probabilities:
+            skipped = ~result.classified
             bands = np.where(skipped[..., None], CLASS_NODATA, result.probabilities)
-            bands = bands.transpose(2, 0, 1)
-            self.dst.write(bands.astype(np.float32), list(range(2, 2 + len(bands))), window=window)
+            self.raster.write(bands.transpose(2, 0, 1), chunk, first_band=2)
 
     def finish(self) -> Path:
         """Add band descriptions, copy to a COG and move it into place."""
@@ -205,36 +266,34 @@ class GeoTiffWriter:
         )
         if self.metadata:
             self.dst.update_tags(**self.metadata)
-        self.dst.close()
-        rasterio.shutil.copy(
-            self.work, self.tmp, driver="COG", compress="deflate", overviews="auto"
-        )
-        self.work.unlink()
-        os.replace(self.tmp, self.path)
-        _write_category_names(self.path, self.legend)
+        self.raster.publish()
+        write_category_names(self.path, [category_names(self.legend)])
         return self.path
 
     def abort(self) -> None:
         """Close and remove the temporary files."""
-        if not self.dst.closed:
-            self.dst.close()
-        self.work.unlink(missing_ok=True)
-        self.tmp.unlink(missing_ok=True)
+        self.raster.abort()
 
 
-def _write_category_names(path: Path, legend: Legend) -> None:
-    """Write band 1's category names (by pixel value) to GDAL's ``.aux.xml`` sidecar.
+def category_names(legend: Legend) -> dict[int, str]:
+    """The legend's names by GeoTIFF class-band value."""
+    return {e.value: e.name for e in legend.entries}
 
-    GeoTIFF has no internal place for category names; GDAL reads the sidecar and QGIS
-    shows the names in the legend. Values between the last class and Uncertain (254)
-    get empty names.
+
+def write_category_names(path: Path, bands: Sequence[Mapping[int, str]]) -> None:
+    """Write each band's category names (by pixel value) to GDAL's ``.aux.xml`` sidecar.
+
+    ``bands`` holds the names of bands 1, 2, ... in order. GeoTIFF has no internal place
+    for category names; GDAL reads the sidecar and QGIS shows the names in the legend.
+    Values without a name (e.g. between the last class and Uncertain, 254) get empty
+    names.
     """
     root = ET.Element("PAMDataset")
-    band = ET.SubElement(root, "PAMRasterBand", band="1")
-    categories = ET.SubElement(band, "CategoryNames")
-    names = {e.value: e.name for e in legend.entries}
-    for value in range(max(names) + 1):
-        ET.SubElement(categories, "Category").text = names.get(value, "")
+    for number, names in enumerate(bands, start=1):
+        band = ET.SubElement(root, "PAMRasterBand", band=str(number))
+        categories = ET.SubElement(band, "CategoryNames")
+        for value in range(max(names) + 1):
+            ET.SubElement(categories, "Category").text = names.get(value, "")
     sidecar = path.with_name(path.name + ".aux.xml")
     tmp = sidecar.with_name(f".{sidecar.name}.part")
     tmp.write_text(ET.tostring(root, encoding="unicode"))

@@ -14,11 +14,14 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from rsscgeo.errors import RsscgeoError
     from rsscgeo.modelfile import LoadedModel, ModelCard, load_model, save_model
+    from rsscgeo.scene.change import ChangeSummary, classify_change, plan_change, run_change
     from rsscgeo.scene.classify import ClassifySummary, classify_scene, run_plan
     from rsscgeo.scene.engine import Engine, open_engine
     from rsscgeo.scene.options import ClassifyOptions, ClassifyOutputs
     from rsscgeo.scene.plan import ScenePlan, plan_scene
+    from rsscgeo.scene.report import write_report
     from rsscgeo.scene.results import patch_dataset
+    from rsscgeo.sources import SceneSource, scene_source
 
 # Public names and their modules; imported on first use so `rsscgeo --help` stays fast.
 _EXPORTS = {
@@ -37,8 +40,16 @@ _EXPORTS = {
     "run_plan": "rsscgeo.scene.classify",
     "ClassifySummary": "rsscgeo.scene.classify",
     "patch_dataset": "rsscgeo.scene.results",
+    "write_report": "rsscgeo.scene.report",
+    "plan_change": "rsscgeo.scene.change",
+    "run_change": "rsscgeo.scene.change",
+    "classify_change": "rsscgeo.scene.change",
+    "ChangeSummary": "rsscgeo.scene.change",
+    "SceneSource": "rsscgeo.sources",
+    "scene_source": "rsscgeo.sources",
 }
 __all__ = [
+    "ChangeSummary",
     "ClassifyOptions",
     "ClassifyOutputs",
     "ClassifySummary",
@@ -47,14 +58,20 @@ __all__ = [
     "ModelCard",
     "RsscgeoError",
     "ScenePlan",
+    "SceneSource",
     "__version__",
+    "classify_change",
     "classify_scene",
     "load_model",
     "open_engine",
     "patch_dataset",
+    "plan_change",
     "plan_scene",
+    "run_change",
     "run_plan",
     "save_model",
+    "scene_source",
+    "write_report",
 ]
 
 

@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from rsscgeo.cli.options import classify_options, engine_options, scene_model_option
+from rsscgeo.cli.options import (
+    EngineChoice,
+    classify_options,
+    engine_options,
+    scene_model_option,
+)
 
 if TYPE_CHECKING:  # the CLI imports the engine lazily, so --help stays fast
     from rsscgeo.scene.change import ChangeSummary
@@ -41,10 +46,7 @@ def change(
     outputs: tuple[Path, ...],
     model: Path | None,
     options: ClassifyOptions,
-    workers: int | None,
-    processes: bool,
-    scheduler: str | None,
-    device: str,
+    engine: EngineChoice,
     overwrite: bool,
 ) -> None:
     """Classify BEFORE and AFTER on one patch grid and map what changed.
@@ -63,14 +65,13 @@ def change(
     """
     from rsscgeo.modelfile import BUNDLED_MODEL, load_model
     from rsscgeo.scene.change import plan_change, run_change
-    from rsscgeo.scene.engine import open_engine
     from rsscgeo.scene.options import ClassifyOutputs
 
     chosen = ClassifyOutputs.from_paths(outputs, overwrite=overwrite)
     loaded = load_model(model or BUNDLED_MODEL)
     plan = plan_change([before], [after], loaded, options, chosen, say=_say)
-    with open_engine(scheduler, workers=workers, processes=processes, device=device) as engine:
-        _report(run_change(plan, engine, say=_say), options.min_valid)
+    with engine.open() as running:
+        _report(run_change(plan, running, say=_say), options.min_valid)
 
 
 def _say(line: str) -> None:

@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from rsscgeo.cli.options import classify_options, engine_options, scene_model_option
+from rsscgeo.cli.options import (
+    EngineChoice,
+    classify_options,
+    engine_options,
+    scene_model_option,
+)
 
 if TYPE_CHECKING:  # the CLI imports the engine lazily, so --help stays fast
     from rsscgeo.scene.classify import ClassifySummary
@@ -75,10 +80,7 @@ def classify(
     formats: tuple[str, ...],
     model: Path | None,
     options: ClassifyOptions,
-    workers: int | None,
-    processes: bool,
-    scheduler: str | None,
-    device: str,
+    engine: EngineChoice,
     preview: Path | None,
     report: Path | None,
     overwrite: bool,
@@ -94,7 +96,6 @@ def classify(
     """
     from rsscgeo.modelfile import BUNDLED_MODEL, load_model
     from rsscgeo.scene.classify import run_plan
-    from rsscgeo.scene.engine import open_engine
     from rsscgeo.scene.plan import plan_scene
 
     jobs = _jobs(list(scenes), outputs, out_dir, formats, overwrite=overwrite, resume=resume)
@@ -111,11 +112,11 @@ def classify(
         model_to_run = plans[0].model if plans else loaded
         plans.append(plan_scene(job_scenes, model_to_run, options, job_outputs, say=_say))
     summaries: list[ClassifySummary] = []
-    with open_engine(scheduler, workers=workers, processes=processes, device=device) as engine:
+    with engine.open() as running:
         for plan in plans:
             if len(plans) > 1:
                 click.echo(f"{plan.reader.sources[0]}:", err=True)
-            summaries.append(run_plan(plan, engine, say=_say))
+            summaries.append(run_plan(plan, running, say=_say))
             _report(summaries[-1], options.min_valid)
     if preview is not None:
         from rsscgeo.scene.preview import draw_map

@@ -11,13 +11,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 # Imported for its defaults only: the module is small and imports no torch.
 from rsscgeo.scene.options import ClassifyOptions
+
+if TYPE_CHECKING:
+    from rsscgeo.scene.engine import Engine
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULTS = ClassifyOptions()
@@ -182,9 +186,37 @@ _ENGINE_OPTIONS = [
 ]
 
 
+@dataclasses.dataclass(frozen=True)
+class EngineChoice:
+    """Where chunk tasks run, as the engine flags chose it."""
+
+    scheduler: str | None
+    workers: int | None
+    processes: bool
+    device: str
+
+    def open(self) -> AbstractContextManager[Engine]:
+        """Start or connect to the Dask cluster (``rsscgeo.scene.engine.open_engine``)."""
+        from rsscgeo.scene.engine import open_engine
+
+        return open_engine(
+            self.scheduler, workers=self.workers, processes=self.processes, device=self.device
+        )
+
+
 def engine_options(command: F) -> F:
-    """Add ``--workers``, ``--processes``, ``--scheduler`` and ``--device`` to ``command``."""
-    decorated: Any = command
+    """Add the engine flags to ``command`` and pass them as one ``EngineChoice``.
+
+    The flags are ``--workers``, ``--processes``, ``--scheduler`` and ``--device``; the
+    command receives them as its ``engine`` argument.
+    """
+
+    @functools.wraps(command)
+    def build(*args: Any, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name) for name in ("scheduler", "workers", "processes", "device")}
+        return command(*args, engine=EngineChoice(**given), **kwargs)
+
+    decorated: Any = build
     for option in reversed(_ENGINE_OPTIONS):
         decorated = option(decorated)
     return decorated  # type: ignore[no-any-return]

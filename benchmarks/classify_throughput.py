@@ -111,25 +111,16 @@ def _field(grid: torch.Tensor, cell: int, row0: int, rows: int, width: int) -> t
     return fine[0, :, :rows, :width]
 
 
-def write_scene(path: Path, size: int, seed: int = 0) -> float:
-    """Write a ``size`` x ``size`` RGB uint8 GeoTIFF of smooth noise; return seconds taken.
+def scene_profile(width: int, height: int) -> dict[str, Any]:
+    """The benchmark scenes' GeoTIFF profile: RGB uint8, EPSG:32633 at 2 m, tiled, deflate.
 
-    Tiled 256x256, deflate (GDAL's default level), pixel-interleaved, BigTIFF when needed;
-    written in 512-row strips so memory stays small for any size.
+    Tiled 256x256, deflate (GDAL's default level), pixel-interleaved, BigTIFF when needed,
+    upper left corner at ``ORIGIN`` (``aid_mosaic.py`` writes its mosaics with it too).
     """
-    started = time.perf_counter()
-    generator = torch.Generator().manual_seed(seed)
-    grids = []
-    for cell, _ in OCTAVES:
-        nodes = size // cell + 2
-        # Mostly shared between bands (luminance), partly per band (colour).
-        shared = torch.rand(1, nodes, nodes, generator=generator) * 2 - 1
-        own = torch.rand(3, nodes, nodes, generator=generator) * 2 - 1
-        grids.append(0.7 * shared + 0.3 * own)
-    profile = {
+    return {
         "driver": "GTiff",
-        "width": size,
-        "height": size,
+        "width": width,
+        "height": height,
         "count": 3,
         "dtype": "uint8",
         "crs": CRS,
@@ -143,7 +134,24 @@ def write_scene(path: Path, size: int, seed: int = 0) -> float:
         "BIGTIFF": "IF_SAFER",
         "NUM_THREADS": "ALL_CPUS",
     }
-    with rasterio.open(path, "w", **profile) as dst:
+
+
+def write_scene(path: Path, size: int, seed: int = 0) -> float:
+    """Write a ``size`` x ``size`` RGB uint8 GeoTIFF of smooth noise; return seconds taken.
+
+    Profile: :func:`scene_profile`; written in 512-row strips so memory stays small for
+    any size.
+    """
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(seed)
+    grids = []
+    for cell, _ in OCTAVES:
+        nodes = size // cell + 2
+        # Mostly shared between bands (luminance), partly per band (colour).
+        shared = torch.rand(1, nodes, nodes, generator=generator) * 2 - 1
+        own = torch.rand(3, nodes, nodes, generator=generator) * 2 - 1
+        grids.append(0.7 * shared + 0.3 * own)
+    with rasterio.open(path, "w", **scene_profile(size, size)) as dst:
         for row0 in range(0, size, STRIP):
             rows = min(STRIP, size - row0)
             values = torch.full((3, rows, size), 128.0)

@@ -93,3 +93,15 @@ def test_evaluate_missing_model(tmp_path: Path, aid_subset, run_cli) -> None:
         "absent.safetensors",
         "does not exist",
     )
+
+
+def test_every_classify_option_has_a_flag_and_change_leaves_out_probabilities(run_cli) -> None:
+    import dataclasses
+
+    from rsscgeo.cli.options import _CLASSIFY_OPTIONS
+    from rsscgeo.scene.options import ClassifyOptions
+
+    fields = [f.name for f in dataclasses.fields(ClassifyOptions)]
+    assert sorted(name for name, _ in _CLASSIFY_OPTIONS) == sorted(fields)
+    assert "--probabilities" in run_cli("classify", "--help").output
+    assert "--probabilities" not in run_cli("change", "--help").output

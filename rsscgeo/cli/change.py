@@ -13,7 +13,7 @@ import click
 
 from rsscgeo.cli.options import (
     EngineChoice,
-    classify_options,
+    classify_options_except,
     engine_options,
     scene_model_option,
 )
@@ -37,7 +37,7 @@ REPORTED_CHANGES = 8
     help="change.gpkg (polygons) and/or change.tif (raster); repeat for both.",
 )
 @scene_model_option
-@classify_options
+@classify_options_except("probabilities")
 @engine_options
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 def change(

@@ -84,74 +84,114 @@ def _band_numbers(
 
 
 # Each ClassifyOptions field and its flag, in --help order.
-_CLASSIFY_OPTIONS = [
-    click.option(
-        "--patch-size",
-        type=click.IntRange(min=8),
-        help="Patch side, px of the reading grid [default: the model card's].",
+_CLASSIFY_OPTIONS: list[tuple[str, Callable[[Any], Any]]] = [
+    (
+        "patch_size",
+        click.option(
+            "--patch-size",
+            type=click.IntRange(min=8),
+            help="Patch side, px of the reading grid [default: the model card's].",
+        ),
     ),
-    click.option(
-        "--stride",
-        type=click.IntRange(min=1),
-        help="Step between patches, px [default: patch size].",
+    (
+        "stride",
+        click.option(
+            "--stride",
+            type=click.IntRange(min=1),
+            help="Step between patches, px [default: patch size].",
+        ),
     ),
-    click.option(
-        "--bands",
-        callback=_band_numbers,
-        help="Scene bands in the model's order, e.g. 1,2,3 [default: the first ones].",
+    (
+        "bands",
+        click.option(
+            "--bands",
+            callback=_band_numbers,
+            help="Scene bands in the model's order, e.g. 1,2,3 [default: the first ones].",
+        ),
     ),
-    click.option(
-        "--gsd",
-        type=click.FloatRange(min=0, min_open=True),
-        help="Read at this resolution, CRS units/px [default: the model's GSD, see README].",
+    (
+        "gsd",
+        click.option(
+            "--gsd",
+            type=click.FloatRange(min=0, min_open=True),
+            help="Read at this resolution, CRS units/px [default: the model's GSD, see README].",
+        ),
     ),
-    click.option(
-        "--min-valid",
-        type=click.FloatRange(0, 1),
-        default=DEFAULTS.min_valid,
-        show_default=True,
-        help="Skip patches with less valid data than this fraction.",
+    (
+        "min_valid",
+        click.option(
+            "--min-valid",
+            type=click.FloatRange(0, 1),
+            default=DEFAULTS.min_valid,
+            show_default=True,
+            help="Skip patches with less valid data than this fraction.",
+        ),
     ),
-    batch_size_option,
-    click.option(
-        "--chunk-size",
-        type=click.IntRange(min=1),
-        help="Pixels per side of each read/task, in whole strides [default: up to 2048].",
+    ("batch_size", batch_size_option),
+    (
+        "chunk_size",
+        click.option(
+            "--chunk-size",
+            type=click.IntRange(min=1),
+            help="Pixels per side of each read/task, in whole strides [default: up to 2048].",
+        ),
     ),
-    click.option(
-        "--probabilities", is_flag=True, help="GeoTIFF: add one probability band per class."
+    (
+        "probabilities",
+        click.option(
+            "--probabilities", is_flag=True, help="GeoTIFF: add one probability band per class."
+        ),
     ),
-    click.option(
-        "--uncertain-below",
-        type=click.FloatRange(0, 1),
-        metavar="P",
-        help="Map patches whose calibrated top-1 probability is below P as Uncertain; 0 "
-        "disables it [default: the model card's calibration, else 0].",
+    (
+        "uncertain_below",
+        click.option(
+            "--uncertain-below",
+            type=click.FloatRange(0, 1),
+            metavar="P",
+            help="Map patches whose calibrated top-1 probability is below P as Uncertain; 0 "
+            "disables it [default: the model card's calibration, else 0].",
+        ),
     ),
-    tta_option,
-    backend_option,
-    click.option(
-        "--asset",
-        metavar="NAME",
-        help="STAC items: the asset to classify [default: the first data asset whose "
-        "eo:bands names cover the model's bands, else visual, else image].",
+    ("tta", tta_option),
+    ("backend", backend_option),
+    (
+        "asset",
+        click.option(
+            "--asset",
+            metavar="NAME",
+            help="STAC items: the asset to classify [default: the first data asset whose "
+            "eo:bands names cover the model's bands, else visual, else image].",
+        ),
     ),
 ]
-_FIELDS = [f.name for f in dataclasses.fields(ClassifyOptions)]
 
 
-def classify_options(command: F) -> F:
-    """Add the ``ClassifyOptions`` flags to ``command`` and pass them as ``options``."""
+def classify_options_except(*left_out: str) -> Callable[[F], F]:
+    """A decorator like :func:`classify_options` without the flags of ``left_out`` fields.
 
-    @functools.wraps(command)
-    def build(*args: Any, **kwargs: Any) -> Any:
-        given = {name: kwargs.pop(name) for name in _FIELDS}
-        return command(*args, options=ClassifyOptions(**given), **kwargs)
+    Those fields keep ``ClassifyOptions``' defaults (e.g. ``change`` has no
+    ``--probabilities``).
+    """
 
-    decorated: Any = build
-    for option in reversed(_CLASSIFY_OPTIONS):
-        decorated = option(decorated)
-    return decorated  # type: ignore[no-any-return]
+    def decorate(command: F) -> F:
+        @functools.wraps(command)
+        def build(*args: Any, **kwargs: Any) -> Any:
+            given = {
+                name: kwargs.pop(name) for name, _ in _CLASSIFY_OPTIONS if name not in left_out
+            }
+            return command(*args, options=ClassifyOptions(**given), **kwargs)
+
+        decorated: Any = build
+        for name, option in reversed(_CLASSIFY_OPTIONS):
+            if name not in left_out:
+                decorated = option(decorated)
+        return decorated  # type: ignore[no-any-return]
+
+    return decorate
+
+
+classify_options = classify_options_except()
+"""Add the ``ClassifyOptions`` flags to a command and pass them as one ``options``."""
 
 
 scene_model_option = click.option(

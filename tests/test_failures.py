@@ -268,3 +268,41 @@ def test_folders_where_files_belong_are_one_line(tmp_path: Path, run_cli) -> Non
     result = run_cli("classify", scenes, "--out", tmp_path / "o.gpkg")
     assert_one_line_error(result, "is a folder, not a raster file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.gpkg", "scenes"]
+
+
+@pytest.mark.parametrize("where", ["gc callback", "__del__"])
+def test_a_signal_inside_a_finaliser_is_not_lost(where: str) -> None:
+    """Python prints and drops exceptions raised in gc callbacks and ``__del__``.
+
+    A stop signal handled there (Dask registers a gc callback) was lost: the run
+    carried on to the end and exited 0. It must still stop the command.
+    """
+    import gc
+
+    from rsscgeo.cli.main import stop_signals_interrupt
+
+    sent: list[bool] = []
+
+    def in_gc_callback(phase: str, info: dict[str, int]) -> None:
+        if not sent:
+            sent.append(True)
+            signal.raise_signal(signal.SIGTERM)
+
+    class Finalised:
+        def __del__(self) -> None:
+            sent.append(True)
+            signal.raise_signal(signal.SIGTERM)
+
+    with pytest.raises(KeyboardInterrupt) as caught, stop_signals_interrupt():
+        gc.callbacks.append(in_gc_callback)
+        try:
+            if where == "gc callback":
+                gc.collect()
+            else:
+                Finalised()  # dropped at once: __del__ runs here
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # the stop must arrive here
+                time.sleep(0.01)
+        finally:
+            gc.callbacks.remove(in_gc_callback)
+    assert sent and getattr(caught.value, "signum", None) == signal.SIGTERM

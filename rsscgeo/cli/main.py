@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import _thread
+import gc
 import importlib
 import os
 import signal
@@ -19,6 +21,8 @@ from rsscgeo.errors import RsscgeoError, RunInterrupted, Terminated, signal_numb
 
 # Signals that stop a command the way Ctrl-C does: cleanly, keeping what can be kept.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# A signal that arrives inside a finaliser is delivered again after this long.
+RETRY_SECONDS = 0.05
 
 # command name → "module:attribute"; modules load only when their command runs.
 COMMANDS = {
@@ -85,6 +89,11 @@ def stop_signals_interrupt() -> Iterator[None]:
     def stop(signum: int, frame: FrameType | None) -> None:
         if received:
             os._exit(128 + signum)
+        if _in_finaliser(frame):
+            # Python prints and drops an exception raised in a gc callback or __del__
+            # (Dask's gc callback lost a SIGTERM this way): ask again in a moment.
+            threading.Timer(RETRY_SECONDS, _thread.interrupt_main, (signum,)).start()
+            return
         received.append(signum)
         raise Terminated(signum) if signum != signal.SIGINT else KeyboardInterrupt
 
@@ -94,6 +103,16 @@ def stop_signals_interrupt() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _in_finaliser(frame: FrameType | None) -> bool:
+    """Whether ``frame`` runs inside a gc callback or a ``__del__`` method."""
+    callbacks = {getattr(getattr(cb, "__func__", cb), "__code__", None) for cb in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
 
 
 def one_line(err: BaseException) -> str:

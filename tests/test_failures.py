@@ -270,36 +270,49 @@ def test_folders_where_files_belong_are_one_line(tmp_path: Path, run_cli) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.gpkg", "scenes"]
 
 
-@pytest.mark.parametrize("where", ["gc callback", "__del__"])
+@pytest.mark.parametrize("where", ["gc callback", "__del__", "weakref callback"])
 def test_a_signal_inside_a_finaliser_is_not_lost(where: str) -> None:
-    """Python prints and drops exceptions raised in gc callbacks and ``__del__``.
+    """Python prints and drops exceptions raised in gc callbacks, ``__del__`` and
+    weakref callbacks.
 
     A stop signal handled there (Dask registers a gc callback) was lost: the run
     carried on to the end and exited 0. It must still stop the command.
     """
     import gc
+    import weakref
 
     from rsscgeo.cli.main import stop_signals_interrupt
 
     sent: list[bool] = []
 
-    def in_gc_callback(phase: str, info: dict[str, int]) -> None:
+    def send_once(*_: object) -> None:
         if not sent:
             sent.append(True)
             signal.raise_signal(signal.SIGTERM)
 
+    def in_gc_callback(phase: str, info: dict[str, int]) -> None:
+        if where == "gc callback":
+            send_once()
+
     class Finalised:
         def __del__(self) -> None:
-            sent.append(True)
-            signal.raise_signal(signal.SIGTERM)
+            send_once()
+
+    class Plain:
+        pass
 
     with pytest.raises(KeyboardInterrupt) as caught, stop_signals_interrupt():
         gc.callbacks.append(in_gc_callback)
         try:
             if where == "gc callback":
                 gc.collect()
-            else:
+            elif where == "__del__":
                 Finalised()  # dropped at once: __del__ runs here
+            else:
+                referent = Plain()
+                reference = weakref.ref(referent, send_once)
+                del referent  # the weakref callback runs here
+                assert reference() is None
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:  # the stop must arrive here
                 time.sleep(0.01)

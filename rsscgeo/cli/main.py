@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import _thread
-import gc
 import importlib
 import os
 import signal
@@ -21,7 +20,7 @@ from rsscgeo.errors import RsscgeoError, RunInterrupted, Terminated, signal_numb
 
 # Signals that stop a command the way Ctrl-C does: cleanly, keeping what can be kept.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-# A signal that arrives inside a finaliser is delivered again after this long.
+# A stop that Python dropped (raised inside a finaliser) is delivered again after this long.
 RETRY_SECONDS = 0.05
 
 # command name → "module:attribute"; modules load only when their command runs.
@@ -89,30 +88,27 @@ def stop_signals_interrupt() -> Iterator[None]:
     def stop(signum: int, frame: FrameType | None) -> None:
         if received:
             os._exit(128 + signum)
-        if _in_finaliser(frame):
-            # Python prints and drops an exception raised in a gc callback or __del__
-            # (Dask's gc callback lost a SIGTERM this way): ask again in a moment.
-            threading.Timer(RETRY_SECONDS, _thread.interrupt_main, (signum,)).start()
-            return
         received.append(signum)
         raise Terminated(signum) if signum != signal.SIGINT else KeyboardInterrupt
 
+    python_hook = sys.unraisablehook
+
+    def dropped(unraisable: Any) -> None:
+        # Raised where Python can only print it (a gc callback, __del__, a weakref
+        # callback; Dask's gc callback lost a SIGTERM this way): deliver it again.
+        if received and isinstance(unraisable.exc_value, KeyboardInterrupt):
+            threading.Timer(RETRY_SECONDS, _thread.interrupt_main, (received.pop(),)).start()
+            return
+        python_hook(unraisable)
+
+    sys.unraisablehook = dropped
     previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     try:
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def _in_finaliser(frame: FrameType | None) -> bool:
-    """Whether ``frame`` runs inside a gc callback or a ``__del__`` method."""
-    callbacks = {getattr(getattr(cb, "__func__", cb), "__code__", None) for cb in gc.callbacks}
-    while frame is not None:
-        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
-            return True
-        frame = frame.f_back
-    return False
+        sys.unraisablehook = python_hook
 
 
 def one_line(err: BaseException) -> str:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from rsscgeo.scene.grid import PatchGrid
+from rsscgeo.scene.grid import Chunk, PatchGrid
 from rsscgeo.scene.inference import ChunkResult
 from rsscgeo.scene.legend import UNCERTAIN_VALUE, Legend
 
@@ -70,6 +71,31 @@ class ClassArea:
         return self.area_m2 / SQUARE_METRES_PER_HECTARE
 
 
+class PatchAreas:
+    """Where each map category sits in the legend, and the area patches count with.
+
+    Shared by the area table of a run and the from-to matrix of ``change``.
+    """
+
+    def __init__(self, grid: PatchGrid, legend: Legend) -> None:
+        self.names = [e.name for e in legend.entries]
+        self._row_area = cell_areas(grid)
+        self._position = np.full(UNCERTAIN_VALUE + 2, -1)
+        for position, entry in enumerate(legend.entries):
+            self._position[entry.value] = position
+
+    def positions(self, values: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
+        """The legend positions of map values (class ids, Uncertain)."""
+        return self._position[values]
+
+    def of(
+        self, chunk: Chunk, where: npt.NDArray[np.bool_], valid: npt.NDArray[np.floating]
+    ) -> npt.NDArray[np.float64]:
+        """Area in m² of the chunk's patches at ``where``: cell area x valid fraction."""
+        rows = self._row_area[chunk.row : chunk.row + chunk.nrows]
+        return np.broadcast_to(rows[:, None], where.shape)[where] * valid[where]
+
+
 class AreaTally:
     """Patches, area and top-1 probability per map category, summed chunk by chunk.
 
@@ -80,10 +106,7 @@ class AreaTally:
     def __init__(self, grid: PatchGrid, legend: Legend) -> None:
         self.legend = legend
         self.entries = legend.entries
-        self._row_area = cell_areas(grid)
-        self._index = np.full(UNCERTAIN_VALUE + 2, -1)
-        for position, entry in enumerate(self.entries):
-            self._index[entry.value] = position
+        self._areas = PatchAreas(grid, legend)
         size = len(self.entries)
         self.patches = np.zeros(size, np.int64)
         self.area = np.zeros(size)
@@ -91,15 +114,12 @@ class AreaTally:
 
     def add(self, result: ChunkResult) -> None:
         """Count one chunk's patches."""
-        chunk = result.chunk
         done = result.classified
-        values = self.legend.raster_values(result)[done]
-        position = self._index[values]
-        rows = np.arange(chunk.row, chunk.row + chunk.nrows)
-        cell = np.broadcast_to(self._row_area[rows][:, None], done.shape)[done]
+        position = self._areas.positions(self.legend.raster_values(result)[done])
         size = len(self.entries)
+        area = self._areas.of(result.chunk, done, result.valid_fraction)
         self.patches += np.bincount(position, minlength=size)
-        self.area += np.bincount(position, cell * result.valid_fraction[done], minlength=size)
+        self.area += np.bincount(position, area, minlength=size)
         self.score += np.bincount(position, result.scores[done], minlength=size)
 
     def table(self) -> list[ClassArea]:
@@ -119,21 +139,24 @@ class AreaTally:
 
 def write_areas(path: Path, table: list[ClassArea]) -> Path:
     """Write the table as CSV (temporary name, then moved into place)."""
+    rows = [
+        [
+            row.name,
+            row.patches,
+            f"{row.area_m2:.1f}",
+            f"{row.area_ha:.4f}",
+            f"{row.percent:.3f}",
+            "" if np.isnan(row.mean_score) else f"{row.mean_score:.4f}",
+        ]
+        for row in table
+    ]
+    return write_csv(path, [list(COLUMNS), *rows])
+
+
+def write_csv(path: Path, rows: Sequence[Sequence[object]]) -> Path:
+    """Write ``rows`` as CSV to a hidden temporary name, then move it into place."""
     tmp = path.with_name(f".{path.name}.part")
     with tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(COLUMNS)
-        for row in table:
-            score = "" if np.isnan(row.mean_score) else f"{row.mean_score:.4f}"
-            writer.writerow(
-                [
-                    row.name,
-                    row.patches,
-                    f"{row.area_m2:.1f}",
-                    f"{row.area_ha:.4f}",
-                    f"{row.percent:.3f}",
-                    score,
-                ]
-            )
+        csv.writer(handle).writerows(rows)
     os.replace(tmp, path)
     return path

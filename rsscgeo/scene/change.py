@@ -30,8 +30,6 @@ output and is started over.
 
 from __future__ import annotations
 
-import csv
-import os
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing
@@ -49,7 +47,7 @@ from tqdm.auto import tqdm
 
 from rsscgeo.errors import OptionError, RunInterrupted, SceneError, signal_number
 from rsscgeo.modelfile import LoadedModel
-from rsscgeo.scene.areas import SQUARE_METRES_PER_HECTARE, cell_areas
+from rsscgeo.scene.areas import SQUARE_METRES_PER_HECTARE, PatchAreas, write_csv
 from rsscgeo.scene.engine import Engine
 from rsscgeo.scene.grid import Chunk, PatchGrid
 from rsscgeo.scene.inference import ChunkResult
@@ -434,22 +432,17 @@ class FromTo:
     """Area in m² by BEFORE category and AFTER category, summed chunk by chunk."""
 
     def __init__(self, grid: PatchGrid, legend: Legend) -> None:
-        self.names = [e.name for e in legend.entries]
-        self._position = np.full(UNCERTAIN_VALUE + 2, -1)
-        for position, entry in enumerate(legend.entries):
-            self._position[entry.value] = position
-        self._row_area = cell_areas(grid)
+        self._areas = PatchAreas(grid, legend)
+        self.names = self._areas.names
         self.area = np.zeros((len(self.names), len(self.names)))
 
     def add(self, pair: PatchPair) -> None:
         """Count one chunk's compared patches."""
-        chunk, compared = pair.chunk, pair.compared
-        rows = self._row_area[chunk.row : chunk.row + chunk.nrows]
-        cell = np.broadcast_to(rows[:, None], compared.shape)[compared]
-        weight = cell * pair.valid_fraction[compared]
+        compared = pair.compared
+        weight = self._areas.of(pair.chunk, compared, pair.valid_fraction)
         where = (
-            self._position[pair.from_values[compared]],
-            self._position[pair.to_values[compared]],
+            self._areas.positions(pair.from_values[compared]),
+            self._areas.positions(pair.to_values[compared]),
         )
         np.add.at(self.area, where, weight)
 
@@ -457,15 +450,11 @@ class FromTo:
         """Write the matrix in hectares over the categories present (temporary, then moved)."""
         present = (self.area.sum(axis=0) + self.area.sum(axis=1)) > 0
         keep = np.flatnonzero(present)
-        tmp = path.with_name(f".{path.name}.part")
-        with tmp.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow([FROMTO_CORNER, *(self.names[i] for i in keep)])
-            for i in keep:
-                hectares = self.area[i, keep] / SQUARE_METRES_PER_HECTARE
-                writer.writerow([self.names[i], *(f"{ha:.4f}" for ha in hectares)])
-        os.replace(tmp, path)
-        return path
+        rows: list[list[object]] = [[FROMTO_CORNER, *(self.names[i] for i in keep)]]
+        for i in keep:
+            hectares = self.area[i, keep] / SQUARE_METRES_PER_HECTARE
+            rows.append([self.names[i], *(f"{ha:.4f}" for ha in hectares)])
+        return write_csv(path, rows)
 
 
 class ChangeGeoPackage:

@@ -86,7 +86,7 @@ from classify_throughput import (
 )
 
 from rsscgeo.modelfile import BUNDLED_MODEL, LoadedModel, read_card
-from rsscgeo.scene.legend import CLASS_NODATA, UNCERTAIN_VALUE
+from rsscgeo.hierarchy import CLASS_NODATA, UNCERTAIN_VALUE
 
 ROOT = Path(__file__).resolve().parents[1]
 AID = ROOT.parent / "shared" / "data" / "aid150"

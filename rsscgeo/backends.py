@@ -26,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from rsscgeo.cachedir import cache_dir
 from rsscgeo.errors import DependencyMissingError, ModelFileError, first_line
 from rsscgeo.modelfile import CARD_KEY, LoadedModel
 from rsscgeo.predict import card_transform, scores
@@ -128,12 +129,7 @@ def _fallback(loaded: LoadedModel, why: str) -> BackendChoice:
 
 def onnx_cache_dir() -> Path:
     """Where exports are cached: ``$RSSCGEO_CACHE_DIR`` or the user's cache folder."""
-    configured = os.environ.get("RSSCGEO_CACHE_DIR")
-    if configured:
-        return Path(configured) / "onnx"
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("rsscgeo")) / "onnx"
+    return cache_dir("onnx")
 
 
 def cached_export(loaded: LoadedModel) -> Path:

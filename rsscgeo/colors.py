@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import itertools
 
 import matplotlib.colors as mcolors
@@ -32,3 +33,17 @@ def class_colors(classes: list[str], chosen: dict[str, str]) -> list[str]:
     taken = {mcolors.to_hex(v) for v in chosen.values()}
     spare = itertools.cycle([c for c in _PALETTE if c not in taken] or _PALETTE)
     return [mcolors.to_hex(chosen[name]) if name in chosen else next(spare) for name in classes]
+
+
+def family_shades(color: str, count: int) -> list[str]:
+    """``count`` shades of ``color``'s hue, dark to light, for the classes of one family.
+
+    Lightness spreads over 0.25..0.78 (one class: ``color`` itself) and saturation stays
+    that of ``color``, so a map's families read at a glance and classes within one
+    still differ.
+    """
+    if count == 1:
+        return [mcolors.to_hex(color)]
+    hue, _, saturation = colorsys.rgb_to_hls(*mcolors.to_rgb(color))
+    lightness = [0.25 + (0.78 - 0.25) * i / (count - 1) for i in range(count)]
+    return [mcolors.to_hex(colorsys.hls_to_rgb(hue, value, saturation)) for value in lightness]

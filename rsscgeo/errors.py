@@ -11,8 +11,6 @@ pattern): ``str(err)`` gives it in Python's terms (``overwrite=True``), and
 
 from __future__ import annotations
 
-import signal
-
 
 class RsscgeoError(Exception):
     """Root of all rsscgeo errors.
@@ -102,20 +100,3 @@ class RunInterrupted(RsscgeoError):
     def __init__(self, problem: str, fix: str, *, cli_fix: str, signum: int) -> None:
         super().__init__(problem, fix, cli_fix=cli_fix)
         self.signum = signum
-
-
-class Terminated(KeyboardInterrupt):
-    """Raised in the main thread when SIGTERM or SIGHUP arrives (see ``cli.signals``).
-
-    A ``KeyboardInterrupt``, so every ``except KeyboardInterrupt`` cleans up for it as
-    for Ctrl-C.
-    """
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def signal_number(interrupt: KeyboardInterrupt) -> int:
-    """The signal behind ``interrupt``: SIGINT for a plain Ctrl-C."""
-    return interrupt.signum if isinstance(interrupt, Terminated) else signal.SIGINT

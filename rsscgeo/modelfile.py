@@ -48,7 +48,21 @@ _SAFETENSORS_HEADER_START = 8
 
 
 class ClassInfo(BaseModel):
-    """One class (or label) the model predicts, with the colour used on maps."""
+    """One class (or label) the model predicts, with the colour used on maps.
+
+    ``parent`` names its family (one of ``ModelCard.parents``): what a map says when
+    the class itself is doubtful but the family is not. Flat cards have none.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    color: str = Field(pattern=r"^#[0-9a-fA-F]{6}$")
+    parent: str | None = None
+
+
+class ParentInfo(BaseModel):
+    """A family of classes (e.g. Water for Pond, Lake and River), with its map colour."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -121,6 +135,9 @@ class ModelCard(BaseModel):
     architecture: str
     task: Task
     classes: list[ClassInfo] = Field(min_length=2)
+    parents: list[ParentInfo] = Field(
+        default_factory=list, description="The classes' families; empty for a flat card."
+    )
     bands: list[str] = Field(min_length=1)
     mean: list[FiniteFloat]
     std: list[PositiveFloat]
@@ -138,6 +155,17 @@ class ModelCard(BaseModel):
     def class_names(self) -> list[str]:
         """Class names in output order."""
         return [c.name for c in self.classes]
+
+    @property
+    def parent_names(self) -> list[str]:
+        """Family names in order (empty for a flat card)."""
+        return [p.name for p in self.parents]
+
+    @property
+    def parent_ids(self) -> list[int]:
+        """Each class's family as an index into ``parents`` (empty for a flat card)."""
+        position = {name: i for i, name in enumerate(self.parent_names)}
+        return [position[c.parent] for c in self.classes if c.parent is not None]
 
     @property
     def input_size(self) -> int:
@@ -180,7 +208,28 @@ class ModelCard(BaseModel):
         names = self.class_names
         if len(set(names)) != len(names):
             raise ValueError("class names must be unique")
+        self._check_families()
         return self
+
+    def _check_families(self) -> None:
+        parents = self.parent_names
+        if not parents:
+            if any(c.parent is not None for c in self.classes):
+                raise ValueError("classes name a parent but the card lists no parents")
+            return
+        if len(set(parents)) != len(parents):
+            raise ValueError("parent names must be unique")
+        if self.task == "multilabel":
+            raise ValueError("parents are for single-label (multiclass) cards")
+        both = sorted(set(parents) & set(self.class_names))
+        if both:
+            raise ValueError(f"{both[0]!r} is both a class and a parent")
+        for c in self.classes:
+            if c.parent not in parents:
+                raise ValueError(f"class {c.name!r}: parent {c.parent!r} is not in parents")
+        empty = sorted(set(parents) - {c.parent for c in self.classes})
+        if empty:
+            raise ValueError(f"parent {empty[0]!r} has no class")
 
 
 @dataclass(frozen=True)

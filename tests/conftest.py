@@ -132,3 +132,13 @@ def run_cli() -> Callable[..., Result]:
         return runner.invoke(cli, [str(a) for a in args], catch_exceptions=True)
 
     return invoke
+
+
+@pytest.fixture(autouse=True)
+def no_stop_request() -> Iterator[None]:
+    """Each test starts and ends without a stop request (``STOP`` is process-wide)."""
+    from rsscgeo.stopping import STOP
+
+    STOP.clear()
+    yield
+    STOP.clear()

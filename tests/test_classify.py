@@ -79,7 +79,12 @@ def test_outputs_are_georeferenced_and_consistent(
     np.testing.assert_allclose(frame[p_cols].sum(axis=1), 1.0, atol=1e-4)
     np.testing.assert_allclose(probs[:, valid].sum(axis=0), 1.0, atol=1e-4)
     assert (frame["valid_fraction"] >= 0.5).all()
-    assert list(frame.columns[:5]) == ["row", "col", "class_id", "class_name", "score"]
+    assert list(frame.columns[:8]) == [
+        *("row", "col", "class_id", "class_name", "level", "leaf_name", "parent_name", "score")
+    ]
+    assert set(frame["level"]) <= {"leaf", "uncertain"}  # a flat card: no family answers
+    named = frame["level"] == "leaf"
+    assert (frame["class_name"][named] == frame["leaf_name"][named]).all()
     # The raster and the polygons agree patch by patch.
     raster_ids = np.where(frame["class_id"] == -1, 254, frame["class_id"])  # Uncertain
     np.testing.assert_array_equal(classes[frame["row"], frame["col"]], raster_ids)

@@ -16,17 +16,17 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rsscgeo"
 # Layers from the bottom up; a module may import only from its own layer or below.
 # Within the scene package the order is stricter (see SCENE_ORDER).
 LAYERS = [
-    {"errors", "_buffers", "colors", "yamlfile", "outputs"},
+    {"errors", "_buffers", "colors", "yamlfile", "outputs", "stopping", "cachedir"},
     {"networks", "data", "sources", "stac", "rasterfile", "_torchgeo"},
     {"modelfile"},
-    {"inits", "predict", "backends", "scene", "training"},
+    {"inits", "predict", "backends", "taxonomy", "hierarchy", "scene", "training"},
     {"experiments"},
     {"cli"},
 ]
 # The scene package bottom-up: options and geometry; reading and inference; the
 # per-chunk task; the plan; where tasks run and what is written; the orchestration.
 SCENE_ORDER = [
-    {"options", "grid", "lock"},
+    {"options", "grid", "lock", "staging"},
     {"inference", "reader"},
     {"legend", "tasks", "journal"},
     {"plan", "style", "preview"},

@@ -144,3 +144,29 @@ def test_class_names_with_xml_characters_are_qgis_categories(
     assert report["category_labels"] == names
     assert report["raster_labels"][: len(names)] == names  # from the .tif.aux.xml
     assert report["features"] == 6
+
+
+def test_families_are_categories_in_their_colours_in_qgis(
+    tmp_path: Path, run_cli, pyqgis: None, repo_root: Path
+) -> None:
+    from test_hierarchy import SCENE, hierarchical
+
+    from rsscgeo.modelfile import save_model
+
+    bundled = load_model(BUNDLED_MODEL)
+    card = hierarchical(bundled.card, bundled.card.uncertain_below)
+    model = save_model(tmp_path / "families.safetensors", bundled.model, card)
+    gpkg, tif, png = tmp_path / "labels.gpkg", tmp_path / "labels.tif", tmp_path / "map.png"
+    result = run_cli("classify", SCENE, "--model", model, "--out", gpkg, "--out", tif)
+    assert result.exit_code == 0, result.output
+    assert "named by family" in result.output
+    report, _ = probe(tmp_path, gpkg, tif, png)
+    assert report["vector_valid"] and report["raster_valid"]
+    expected = [*card.class_names, *card.parent_names, "Uncertain"]
+    assert report["categories"] == expected
+    families = slice(card.num_classes, card.num_classes + len(card.parents))
+    assert report["category_colors"][families] == [p.color for p in card.parents]
+    values = list(range(card.num_classes, card.num_classes + len(card.parents)))
+    assert report["raster_values"][families] == values
+    assert report["raster_labels"][families] == card.parent_names
+    assert report["raster_colors"][families] == [p.color for p in card.parents]

@@ -128,3 +128,37 @@ def test_paper_configs_are_valid_and_follow_the_recipe() -> None:
         assert (config.eval_transform.resize, config.eval_transform.crop) == (292, 256)
         if name != "scratch":
             assert config.optim.lr == 1e-4
+
+
+def test_a_stop_ends_training_at_a_step_and_a_rerun_resumes_from_the_kept_checkpoint(
+    tmp_path: Path, aid_subset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+
+    from rsscgeo.errors import RunInterrupted
+    from rsscgeo.stopping import STOP
+    from rsscgeo.training.interrupt import StopAtStep
+
+    at_step = StopAtStep.on_train_batch_start
+
+    def request_after_step_3(self: StopAtStep, trainer, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        if trainer.global_step == 3:  # 3 steps are done, in epoch 2 of 2 batches each
+            STOP.request(signal.SIGTERM)  # as the CLI's handler does
+        at_step(self, trainer, *args, **kwargs)
+
+    monkeypatch.setattr(StopAtStep, "on_train_batch_start", request_after_step_3)
+    path = write_config(tmp_path / "c.yaml", aid_subset(), "finetune", optim={"epochs": 3})
+    with pytest.raises(RunInterrupted) as caught:
+        train(load_config(path))
+    assert caught.value.signum == signal.SIGTERM
+    out = tmp_path / "run-finetune"
+    last = out / "checkpoints" / "last.ckpt"
+    assert f"in epoch 2 at step 3 ({last} of epoch 1 kept)" in str(caught.value)
+    assert torch.load(last, weights_only=True, map_location="cpu")["global_step"] == 2
+    assert not (out / "model.safetensors").exists()
+
+    STOP.clear()
+    monkeypatch.setattr(StopAtStep, "on_train_batch_start", at_step)
+    [result] = train(load_config(path))
+    assert torch.load(last, weights_only=True, map_location="cpu")["global_step"] == 6
+    assert result.model_path.is_file()

@@ -15,6 +15,7 @@ from helpers import assert_one_line_error
 import rsscgeo
 from rsscgeo import load_model
 from rsscgeo.errors import OptionError, SceneError
+from rsscgeo.hierarchy import Level
 from rsscgeo.modelfile import BUNDLED_MODEL, Calibration, LoadedModel, ModelCard, save_model
 from rsscgeo.scene.legend import UNCERTAIN_GREYS, Legend
 
@@ -229,6 +230,7 @@ def test_multilabel_models_have_no_uncertain_class() -> None:
     card = _card(task="multilabel", thresholds=[0.5] * 30, calibration=calibration(0.4))
     legend = Legend.for_card(card)
     assert not legend.enabled and len(legend.entries) == 30
-    assert not legend.uncertain(np.array([0.01, 0.2])).any()
+    weak = np.full((2, 30), 0.01, np.float32)
+    assert (legend.label(weak).level == Level.LEAF).all()
     with pytest.raises(SceneError, match="multi-label models have no Uncertain class"):
         Legend.for_card(card, 0.3)

@@ -17,6 +17,7 @@ from rsscgeo.cli.options import (
     engine_options,
     scene_model_option,
 )
+from rsscgeo.stopping import STOP
 
 if TYPE_CHECKING:  # the CLI imports the engine lazily, so --help stays fast
     from rsscgeo.scene.change import ChangeSummary
@@ -70,7 +71,7 @@ def change(
     chosen = ClassifyOutputs.from_paths(outputs, overwrite=overwrite)
     loaded = load_model(model or BUNDLED_MODEL)
     plan = plan_change([before], [after], loaded, options, chosen, say=_say)
-    with engine.open() as running:
+    with STOP.deferred(), engine.open() as running:
         _report(run_change(plan, running, say=_say), options.min_valid)
 
 

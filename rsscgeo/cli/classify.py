@@ -17,6 +17,7 @@ from rsscgeo.cli.options import (
     engine_options,
     scene_model_option,
 )
+from rsscgeo.stopping import STOP
 
 if TYPE_CHECKING:  # the CLI imports the engine lazily, so --help stays fast
     from rsscgeo.scene.classify import ClassifySummary
@@ -106,31 +107,36 @@ def classify(
     loaded = load_model(model or BUNDLED_MODEL)
     plans: list[ScenePlan] = []
     for job_scenes, job_outputs in jobs:
+        STOP.check()
         if len(jobs) > 1:
             click.echo(f"{job_scenes[0]}:", err=True)
         # Later jobs reuse the model as the first plan runs it (one ONNX session).
         model_to_run = plans[0].model if plans else loaded
         plans.append(plan_scene(job_scenes, model_to_run, options, job_outputs, say=_say))
     summaries: list[ClassifySummary] = []
-    with engine.open() as running:
-        for plan in plans:
-            if len(plans) > 1:
-                click.echo(f"{plan.reader.sources[0]}:", err=True)
-            summaries.append(run_plan(plan, running, say=_say))
-            _report(summaries[-1], options.min_valid)
-    if preview is not None:
-        from rsscgeo.scene.preview import draw_map
+    # From here on outputs are begun: a stop waits for a safe point that keeps them whole.
+    with STOP.deferred():
+        with engine.open() as running:
+            for plan in plans:
+                if len(plans) > 1:
+                    click.echo(f"{plan.reader.sources[0]}:", err=True)
+                summaries.append(run_plan(plan, running, say=_say))
+                _report(summaries[-1], options.min_valid)
+        if preview is not None:
+            from rsscgeo.scene.preview import draw_map
 
-        [(job_scenes, job_outputs)] = jobs
-        assert job_outputs.geotiff is not None
-        scene = plans[0].reader.sources[0]
-        draw_map(scene.gdal_path, job_outputs.geotiff, loaded.card, preview, title=scene.filename)
-        click.echo(f"wrote {preview}")
-    if report is not None:
-        from rsscgeo.scene.report import write_report
+            [(job_scenes, job_outputs)] = jobs
+            assert job_outputs.geotiff is not None
+            scene = plans[0].reader.sources[0]
+            draw_map(
+                scene.gdal_path, job_outputs.geotiff, loaded.card, preview, title=scene.filename
+            )
+            click.echo(f"wrote {preview}")
+        if report is not None:
+            from rsscgeo.scene.report import write_report
 
-        written = write_report(report, plans[0], summaries[0], overwrite=overwrite)
-        click.echo(f"wrote {written}")
+            written = write_report(report, plans[0], summaries[0], overwrite=overwrite)
+            click.echo(f"wrote {written}")
 
 
 def _say(line: str) -> None:
@@ -227,14 +233,23 @@ def _report(summary: ClassifySummary, min_valid: float) -> None:
             "smaller than one patch? lower --min-valid or --patch-size)",
             err=True,
         )
-    hectares = {row.name: row.area_ha for row in summary.areas}
+    from rsscgeo.scene.areas import FAMILY
+
+    hectares = {row.name: row.area_ha for row in summary.areas if row.level != FAMILY}
     if summary.uncertain_below > 0:
         share = 100 * summary.uncertain / summary.classified if summary.classified else 0.0
         area = hectares.get("Uncertain", 0.0)
+        below = "class and family probability" if summary.backoff else "probability"
         click.echo(
             f"Uncertain: {summary.uncertain} patches ({share:.1f}% of classified, {area:.1f} ha), "
-            f"top-1 probability below {summary.uncertain_below:g} {summary.uncertain_source}"
+            f"top-1 {below} below {summary.uncertain_below:g} {summary.uncertain_source}"
         )
+        if summary.by_family:
+            share = 100 * summary.by_family / summary.classified
+            click.echo(
+                f"named by family (class doubtful, family not): {summary.by_family} patches "
+                f"({share:.1f}% of classified)"
+            )
     else:
         click.echo(f"Uncertain: off ({summary.uncertain_source})")
     top = ", ".join(

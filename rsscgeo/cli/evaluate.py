@@ -151,6 +151,11 @@ def _in_domain(
     uncertain = Coverage(**metrics["uncertain"]) if "uncertain" in metrics else None
     if uncertain is not None:
         click.echo(uncertain.describe())
+    if "backoff" in metrics:
+        from rsscgeo.training.selective import BackoffCoverage
+
+        fields = {k: v for k, v in metrics["backoff"].items() if k not in ("coverage", "accuracy")}
+        click.echo(BackoffCoverage(**fields).describe())
     points = metrics.get("risk_coverage")
     return metrics, [CurvePoint(**p) for p in points] if points else None, uncertain
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from rsscgeo.stopping import STOP
+
 
 @click.command()
 @click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
@@ -37,11 +39,12 @@ def experiment(config: Path, only: tuple[str, ...], plan_only: bool, report_only
             state = "done" if cell.metrics_path.exists() else "todo"
             click.echo(f"{state}  {cell.run}  seed {cell.seed}  {cell.out_dir}")
         return
-    results = run_experiment(
-        spec,
-        only=list(only),
-        train_missing=not report_only,
-        say=lambda line: click.echo(line, err=True),
-    )
+    with STOP.deferred():  # runs stop at a training step or an evaluation batch
+        results = run_experiment(
+            spec,
+            only=list(only),
+            train_missing=not report_only,
+            say=lambda line: click.echo(line, err=True),
+        )
     for path in write_results(spec, results):
         click.echo(f"wrote {path}")

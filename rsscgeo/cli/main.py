@@ -1,8 +1,19 @@
-"""The ``rsscgeo`` command group and its error handling."""
+"""The ``rsscgeo`` command group, its error handling and its stop signals.
+
+SIGINT, SIGTERM and SIGHUP never raise into running code: the handler records a stop
+request (``stopping.STOP``) and long-running code honours it at its next safe point
+(between chunks, before outputs are moved into place, at a training step) by raising
+``RunInterrupted``, which ends the command with one line and exit status 128 + N.
+Until a command has begun work it must leave whole (``STOP.deferred``: a run's
+outputs, a training fit), it has written nothing, so a signal ends it at once.
+Commands without safe points (``COOPERATIVE`` lists those with them) are interrupted
+where they are, as Ctrl-C does in any Python program; they write nothing half-done.
+A second signal exits at once.
+"""
 
 from __future__ import annotations
 
-import _thread
+import contextlib
 import importlib
 import os
 import signal
@@ -16,12 +27,11 @@ from typing import Any
 import click
 
 from rsscgeo import __version__
-from rsscgeo.errors import RsscgeoError, RunInterrupted, Terminated, signal_number
+from rsscgeo.errors import RsscgeoError, RunInterrupted
+from rsscgeo.stopping import NOTHING_WRITTEN, STOP
 
 # Signals that stop a command the way Ctrl-C does: cleanly, keeping what can be kept.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-# A stop that Python dropped (raised inside a finaliser) is delivered again after this long.
-RETRY_SECONDS = 0.05
 
 # command name → "module:attribute"; modules load only when their command runs.
 COMMANDS = {
@@ -34,6 +44,8 @@ COMMANDS = {
     "tiles": "rsscgeo.cli.tiles:tiles",
     "datasets": "rsscgeo.cli.datasets:datasets",
 }
+# Commands whose long-running code checks the stop request at safe points.
+COOPERATIVE = frozenset({"classify", "change", "train", "experiment"})
 
 
 class LazyGroup(click.Group):
@@ -52,15 +64,26 @@ class LazyGroup(click.Group):
         command: click.Command = getattr(importlib.import_module(module), attribute)
         return command
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """Import the command, honour a stop that came meanwhile, and set its signals."""
+        name, command, rest = super().resolve_command(ctx, args)
+        STOP.check()
+        if name not in COOPERATIVE:
+            interrupt_on_stop_signals()
+        return name, command, rest
+
     def invoke(self, ctx: click.Context) -> Any:
         """Run the command; library errors become ``Error: ...`` and exit status 1.
 
-        SIGINT, SIGTERM and SIGHUP stop the command as Ctrl-C does: it cleans up, says
-        so in one line and exits with 128 + the signal's number (130, 143, 129).
+        A stop signal ends the command with one line and exit status 128 + the
+        signal's number (130, 143, 129).
         """
         try:
-            with stop_signals_interrupt():
-                return super().invoke(ctx)
+            with stop_signals():
+                result = super().invoke(ctx)
+                signum = STOP.signum
         except RunInterrupted as err:
             click.echo(one_line(err), err=True)
             sys.exit(128 + err.signum)
@@ -68,47 +91,92 @@ class LazyGroup(click.Group):
             click.echo(f"Error: {one_line(err)}", err=True)
             sys.exit(1)
         except KeyboardInterrupt as err:
-            signum = signal_number(err)
+            signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
             click.echo(f"interrupted ({signal.Signals(signum).name}).", err=True)
             sys.exit(128 + signum)
+        if signum is not None:  # it came after the last safe point: the work is whole
+            name = signal.Signals(signum).name
+            click.echo(
+                f"stopped by {name} after the command finished; its outputs are complete",
+                err=True,
+            )
+            sys.exit(128 + signum)
+        return result
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP raised in a command without safe points, as Ctrl-C is."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def record_stop_signals() -> None:
+    """Record stop signals as a stop request from now on (main thread only).
+
+    Installed before the commands' heavy imports, so a signal during start-up is
+    honoured at the first safe point instead of interrupting an import.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread
+
+    def record(signum: int, frame: FrameType | None) -> None:
+        if STOP.signum is not None:
+            os._exit(128 + signum)  # a second signal: stop now
+        STOP.request(signum)
+        if not STOP.deferring:  # still importing or planning: nothing to keep whole
+            _exit_now(f"{NOTHING_WRITTEN}; rerun to start over", signum)
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, record)
+
+
+def interrupt_on_stop_signals() -> None:
+    """Raise ``KeyboardInterrupt`` where the code is when a stop signal comes.
+
+    For commands without safe points, as Python does for Ctrl-C.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        if STOP.signum is not None:
+            os._exit(128 + signum)
+        STOP.request(signum)
+        raise Interrupted(signum) if signum != signal.SIGINT else KeyboardInterrupt
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, interrupt)
+
+
+def _exit_now(line: str, signum: int) -> None:
+    """Say ``line`` and exit with 128 + ``signum`` at once (from a signal handler)."""
+    for stream in (sys.stdout, sys.stderr):
+        # Interrupted inside a write, a stream cannot flush: its text is lost, no more.
+        with contextlib.suppress(OSError, RuntimeError, ValueError):
+            stream.flush()
+    os.write(2, f"{line}\n".encode())
+    os._exit(128 + signum)
 
 
 @contextmanager
-def stop_signals_interrupt() -> Iterator[None]:
-    """Turn the stop signals into ``KeyboardInterrupt`` in the main thread.
+def stop_signals() -> Iterator[None]:
+    """Record stop signals while a command runs, then restore the previous handlers.
 
-    The first one unwinds the command, so temporary files are removed and journals
-    kept; a second one while that happens exits at once.
+    A request recorded before (during start-up) is kept for the command to honour.
     """
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
-    received: list[int] = []
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        if received:
-            os._exit(128 + signum)
-        received.append(signum)
-        raise Terminated(signum) if signum != signal.SIGINT else KeyboardInterrupt
-
-    python_hook = sys.unraisablehook
-
-    def dropped(unraisable: Any) -> None:
-        # Raised where Python can only print it (a gc callback, __del__, a weakref
-        # callback; Dask's gc callback lost a SIGTERM this way): deliver it again.
-        if received and isinstance(unraisable.exc_value, KeyboardInterrupt):
-            threading.Timer(RETRY_SECONDS, _thread.interrupt_main, (received.pop(),)).start()
-            return
-        python_hook(unraisable)
-
-    sys.unraisablehook = dropped
-    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    record_stop_signals()
     try:
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        sys.unraisablehook = python_hook
+        STOP.clear()
 
 
 def one_line(err: BaseException) -> str:
@@ -128,3 +196,9 @@ def one_line(err: BaseException) -> str:
 @click.version_option(__version__, prog_name="rsscgeo")
 def cli() -> None:
     """Remote sensing scene classification: train models, evaluate, classify scenes."""
+
+
+def main() -> None:
+    """The ``rsscgeo`` executable: stop signals are recorded before anything else loads."""
+    record_stop_signals()
+    cli()

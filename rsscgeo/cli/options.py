@@ -149,7 +149,18 @@ _CLASSIFY_OPTIONS: list[tuple[str, Callable[[Any], Any]]] = [
             type=click.FloatRange(0, 1),
             metavar="P",
             help="Map patches whose calibrated top-1 probability is below P as Uncertain; 0 "
-            "disables it [default: the model card's calibration, else 0].",
+            "disables it [default: the model card's calibration, else 0]. With a class "
+            "hierarchy, a patch below P is named by its family when the family reaches P.",
+        ),
+    ),
+    (
+        "backoff",
+        click.option(
+            "--backoff/--no-backoff",
+            default=True,
+            show_default=True,
+            help="Name a doubtful patch by its class's family (e.g. Water) when the family "
+            "reaches the threshold (models with a class hierarchy).",
         ),
     ),
     ("tta", tta_option),

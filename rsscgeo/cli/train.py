@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from rsscgeo.stopping import STOP
+
 
 @click.command()
 @click.option(
@@ -52,7 +54,8 @@ def train(
         read_card(init.path)  # the header only: refuses pickles and cardless files
     created = _missing_folders(config.out_dir)
     try:
-        results = run_training(config, resume=not restart)
+        with STOP.deferred():  # a stop ends training at a step, with its checkpoint
+            results = run_training(config, resume=not restart)
     except BaseException:
         _remove_if_empty(created)
         raise

@@ -106,7 +106,7 @@ def check_model_classes(class_map: ClassMap, model_classes: Sequence[str], model
             if name not in known:
                 raise ConfigError(
                     f"{class_map.source}: {folder}: {name!r} is not a class of {model}"
-                    f"{_suggestion(name, model_classes)}; use the model's class names "
+                    f"{did_you_mean(name, model_classes)}; use the model's class names "
                     "exactly (rsscgeo models inspect MODEL)."
                 )
 
@@ -128,7 +128,7 @@ def check_folders(class_map: ClassMap, catalog: Catalog) -> None:
             shown = ", ".join(catalog.classes[:12]) + ("..." if len(catalog.classes) > 12 else "")
             raise DatasetError(
                 f"{class_map.source}: {folder!r} is not a class folder of {catalog.root}"
-                f"{_suggestion(folder, catalog.classes)} (its folders: {shown}); fix the "
+                f"{did_you_mean(folder, catalog.classes)} (its folders: {shown}); fix the "
                 "entry or remove it from the class map."
             )
 
@@ -205,7 +205,7 @@ def map_catalog(
     return MappedCatalog(subset, tuple(model_classes), accepted, left_out)
 
 
-def _suggestion(name: str, choices: Sequence[str]) -> str:
+def did_you_mean(name: str, choices: Sequence[str]) -> str:
     """``" (did you mean 'X'?)"`` for the closest of ``choices``, or nothing."""
     lowered = {c.lower(): c for c in choices}
     close = lowered.get(name.lower()) or next(

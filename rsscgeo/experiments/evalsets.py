@@ -149,9 +149,15 @@ def _model_classes(
     """The classes of the cell's model: its card's, or its training data's until it exists."""
     if cell.model_path.is_file():
         return tuple(read_card(cell.model_path).class_names)
-    key = (str(cell.config.data.path), cell.config.data.layout)
+    data = cell.config.data
+    if data.path is None:  # a sources run: its classes are its taxonomy's
+        from rsscgeo.taxonomy import load_taxonomy
+
+        assert data.taxonomy is not None
+        return load_taxonomy(data.taxonomy).leaves
+    key = (str(data.path), data.layout)
     if key not in cache:
-        cache[key] = open_catalog(cell.config.data.path, layout=cell.config.data.layout).classes
+        cache[key] = open_catalog(data.path, layout=data.layout).classes
     return cache[key]
 
 

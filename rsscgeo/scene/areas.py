@@ -10,7 +10,6 @@ the CRS's ellipsoid, one value per row of patches (it depends on latitude only).
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +17,15 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from rsscgeo.hierarchy import UNCERTAIN_VALUE
 from rsscgeo.scene.grid import Chunk, PatchGrid
 from rsscgeo.scene.inference import ChunkResult
-from rsscgeo.scene.legend import UNCERTAIN_VALUE, Legend
+from rsscgeo.scene.legend import Legend
+from rsscgeo.scene.staging import Staging
 
-COLUMNS = ("class", "patches", "area_m2", "area_ha", "percent", "mean_score")
+COLUMNS = ("class", "level", "family", "patches", "area_m2", "area_ha", "percent", "mean_score")
+# The level of a family's total row: its classes' rows plus the patches named by it.
+FAMILY = "family"
 SQUARE_METRES_PER_HECTARE = 10_000.0
 
 
@@ -57,13 +60,19 @@ def cell_areas(grid: PatchGrid) -> npt.NDArray[np.float64]:
 
 @dataclass(frozen=True)
 class ClassArea:
-    """One row of the area table."""
+    """One row of the area table.
+
+    ``level`` is ``leaf``, ``parent`` or ``uncertain`` for what the map says, or
+    ``family`` for a family's total; ``family`` names the family a row belongs to.
+    """
 
     name: str
     patches: int
     area_m2: float
     percent: float
     mean_score: float
+    level: str = "leaf"
+    family: str = ""
 
     @property
     def area_ha(self) -> float:
@@ -97,10 +106,11 @@ class PatchAreas:
 
 
 class AreaTally:
-    """Patches, area and top-1 probability per map category, summed chunk by chunk.
+    """Patches, area and score per map category, summed chunk by chunk.
 
-    Categories are the legend's (the card's classes, then Uncertain when enabled);
-    patches below ``min_valid`` (skipped) count nowhere.
+    Categories are the legend's (the card's classes, their families when patches may be
+    named by them, then Uncertain when enabled); patches below ``min_valid`` (skipped)
+    count nowhere. The score is the probability of what the map says.
     """
 
     def __init__(self, grid: PatchGrid, legend: Legend) -> None:
@@ -115,33 +125,51 @@ class AreaTally:
     def add(self, result: ChunkResult) -> None:
         """Count one chunk's patches."""
         done = result.classified
-        position = self._areas.positions(self.legend.raster_values(result)[done])
+        labels = self.legend.label(result.probabilities)
+        position = self._areas.positions(labels.values[done])
         size = len(self.entries)
         area = self._areas.of(result.chunk, done, result.valid_fraction)
         self.patches += np.bincount(position, minlength=size)
         self.area += np.bincount(position, area, minlength=size)
-        self.score += np.bincount(position, result.scores[done], minlength=size)
+        self.score += np.bincount(position, labels.score[done], minlength=size)
 
     def table(self) -> list[ClassArea]:
-        """Every category in legend order, with its share of the classified area."""
+        """Every category in legend order with its share of the classified area.
+
+        On a card with families, each family's total follows (its classes and the
+        patches named by the family itself), at level ``family``.
+        """
         total = self.area.sum()
-        return [
-            ClassArea(
-                entry.name,
-                int(self.patches[i]),
-                float(self.area[i]),
-                float(100 * self.area[i] / total) if total else 0.0,
-                float(self.score[i] / self.patches[i]) if self.patches[i] else float("nan"),
+
+        def row(name: str, at: npt.NDArray[np.bool_], level: str, family: str) -> ClassArea:
+            patches, area = int(self.patches[at].sum()), float(self.area[at].sum())
+            mean = float(self.score[at].sum() / patches) if patches else float("nan")
+            return ClassArea(
+                name, patches, area, 100 * area / total if total else 0.0, mean, level, family
             )
-            for i, entry in enumerate(self.entries)
+
+        families = np.array([self.legend.family(e) or "" for e in self.entries])
+        rows = [
+            row(
+                e.name,
+                np.arange(len(self.entries)) == i,
+                self.legend.level_of(e).label,
+                families[i],
+            )
+            for i, e in enumerate(self.entries)
         ]
+        if self.legend.card.parents:
+            rows += [row(p, families == p, FAMILY, p) for p in self.legend.card.parent_names]
+        return rows
 
 
-def write_areas(path: Path, table: list[ClassArea]) -> Path:
-    """Write the table as CSV (temporary name, then moved into place)."""
+def write_areas(staging: Staging, path: Path, table: list[ClassArea]) -> Path:
+    """Stage the table as CSV at ``path``, to be published with the run's other files."""
     rows = [
         [
             row.name,
+            row.level,
+            row.family,
             row.patches,
             f"{row.area_m2:.1f}",
             f"{row.area_ha:.4f}",
@@ -150,13 +178,11 @@ def write_areas(path: Path, table: list[ClassArea]) -> Path:
         ]
         for row in table
     ]
-    return write_csv(path, [list(COLUMNS), *rows])
+    return write_csv(staging, path, [list(COLUMNS), *rows])
 
 
-def write_csv(path: Path, rows: Sequence[Sequence[object]]) -> Path:
-    """Write ``rows`` as CSV to a hidden temporary name, then move it into place."""
-    tmp = path.with_name(f".{path.name}.part")
-    with tmp.open("w", newline="") as handle:
+def write_csv(staging: Staging, path: Path, rows: Sequence[Sequence[object]]) -> Path:
+    """Stage ``rows`` as CSV at ``path``; returns ``path``."""
+    with staging.stage(path).open("w", newline="") as handle:
         csv.writer(handle).writerows(rows)
-    os.replace(tmp, path)
     return path

@@ -10,12 +10,17 @@ the engine together and pair up in chunk order, so memory stays bounded as for
 ``classify_scene``.
 
 A patch is compared where it is classified in both scenes (``min_valid`` reached in
-each); it is *changed* when its two map categories differ and neither is Uncertain.
+each); it is *changed* when what the two maps say differs and neither is Uncertain.
+With a class hierarchy the two answers are compared at the coarser of their levels:
+two classes are compared as classes, but when either date names only a family (its
+class was doubtful), the families are compared, so Pond -> Lake is a change only when
+both dates are sure of the class, and Water -> Pond is none.
 Outputs (each written at a temporary path and moved into place when complete):
 
 * GeoPackage: one polygon per patch classified in both, with ``from_class``,
-  ``to_class``, ``from_score``, ``to_score`` (calibrated top-1 probabilities),
-  ``changed`` and ``valid_fraction`` (the smaller of the two), styled for QGIS
+  ``to_class``, ``from_score``, ``to_score`` (the probabilities of what each map
+  says), ``compared_at`` (``leaf`` or ``parent``), ``changed`` and ``valid_fraction``
+  (the smaller of the two), styled for QGIS
   (changed patches filled, the others outlined).
 * GeoTIFF: one pixel per patch, bands ``from_class``, ``to_class`` (class ids, 254
   Uncertain) and ``changed`` (0/1); 255 where a patch is not classified in both.
@@ -45,24 +50,28 @@ import shapely
 from rasterio.enums import ColorInterp
 from tqdm.auto import tqdm
 
-from rsscgeo.errors import OptionError, RunInterrupted, SceneError, signal_number
+from rsscgeo.errors import OptionError, RunInterrupted, SceneError
+from rsscgeo.hierarchy import CLASS_NODATA, Labels, Level
 from rsscgeo.modelfile import LoadedModel
 from rsscgeo.scene.areas import SQUARE_METRES_PER_HECTARE, PatchAreas, write_csv
 from rsscgeo.scene.engine import Engine
 from rsscgeo.scene.grid import Chunk, PatchGrid
 from rsscgeo.scene.inference import ChunkResult
-from rsscgeo.scene.legend import CLASS_NODATA, UNCERTAIN, UNCERTAIN_VALUE, Legend
+from rsscgeo.scene.legend import Legend
 from rsscgeo.scene.lock import lock_outputs
 from rsscgeo.scene.options import ClassifyOptions, ClassifyOutputs
 from rsscgeo.scene.plan import ScenePlan, plan_scene, refuse_existing
+from rsscgeo.scene.staging import Staging
 from rsscgeo.scene.style import CHANGED_FIELD, change_qml
 from rsscgeo.scene.writers import (
     GeoPackageLayer,
+    MapContext,
     PatchRaster,
     category_names,
     write_category_names,
 )
 from rsscgeo.sources import SceneLike
+from rsscgeo.stopping import STOP, stop_signal
 
 # The from-to table's top-left cell: rows are BEFORE categories, columns AFTER ones.
 FROMTO_CORNER = "from/to"
@@ -224,6 +233,8 @@ class ChangeSummary:
         uncertain_source: Where that threshold came from, in words.
         categories: The legend's categories, the order of ``fromto``'s axes.
         fromto: Area in m² by BEFORE category (rows) and AFTER category (columns).
+        changes: The same over changed patches only (a family named at one date and
+            one of its classes at the other is no change).
         seconds: Wall time of classifying and writing.
         notes: The plans' decisions and where the run ran, in words.
     """
@@ -237,6 +248,7 @@ class ChangeSummary:
     uncertain_source: str = ""
     categories: list[str] = field(default_factory=list)
     fromto: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 0)))
+    changes: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 0)))
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -249,8 +261,8 @@ class ChangeSummary:
         """(from, to, hectares) of every change, largest first (Uncertain is no change)."""
         found = [
             (self.categories[i], self.categories[j], float(area) / SQUARE_METRES_PER_HECTARE)
-            for (i, j), area in np.ndenumerate(self.fromto)
-            if area > 0 and i != j and UNCERTAIN not in (self.categories[i], self.categories[j])
+            for (i, j), area in np.ndenumerate(self.changes)
+            if area > 0
         ]
         return sorted(found, key=lambda t: -t[2])
 
@@ -323,12 +335,12 @@ def run_change(
         start = time.perf_counter()
         try:
             _write(plan, engine, summary, progress)
-        except KeyboardInterrupt as err:
+        except (KeyboardInterrupt, RunInterrupted) as err:
             raise RunInterrupted(
                 "interrupted; no change output was written (change runs keep no journal)",
                 "call again to start over.",
                 cli_fix="rerun to start over",
-                signum=signal_number(err),
+                signum=stop_signal(err),
             ) from None
         summary.seconds = time.perf_counter() - start
     return summary
@@ -342,47 +354,66 @@ class PatchPair:
         chunk: The chunk.
         before: BEFORE's results.
         after: AFTER's results.
-        from_values: BEFORE's map values (class ids, Uncertain 254, skipped 255).
-        to_values: AFTER's map values.
+        from_labels: What BEFORE's map says (values: class ids, family ids, Uncertain
+            254, skipped 255).
+        to_labels: What AFTER's map says.
         compared: Classified in both.
-        changed: Compared, categories differ and neither is Uncertain.
+        by_family: Compared by family: either date names only a family.
+        changed: Compared, neither Uncertain, and the classes (or, ``by_family``, the
+            families) differ.
         valid_fraction: The smaller of the two valid fractions.
     """
 
     chunk: Chunk
     before: ChunkResult
     after: ChunkResult
-    from_values: npt.NDArray[np.intp]
-    to_values: npt.NDArray[np.intp]
+    from_labels: Labels
+    to_labels: Labels
     compared: npt.NDArray[np.bool_]
+    by_family: npt.NDArray[np.bool_]
     changed: npt.NDArray[np.bool_]
     valid_fraction: npt.NDArray[np.float32]
+
+    @property
+    def from_values(self) -> npt.NDArray[np.intp]:
+        """BEFORE's map values."""
+        return self.from_labels.values
+
+    @property
+    def to_values(self) -> npt.NDArray[np.intp]:
+        """AFTER's map values."""
+        return self.to_labels.values
 
     @classmethod
     def compare(cls, before: ChunkResult, after: ChunkResult, legend: Legend) -> PatchPair:
         """Pair the two results of one chunk."""
         assert before.chunk == after.chunk
-        from_values = legend.raster_values(before)
-        to_values = legend.raster_values(after)
+        first, second = legend.label(before.probabilities), legend.label(after.probabilities)
         compared = before.classified & after.classified
-        certain = (from_values != UNCERTAIN_VALUE) & (to_values != UNCERTAIN_VALUE)
-        changed = compared & certain & (from_values != to_values)
+        certain = (first.level != Level.UNCERTAIN) & (second.level != Level.UNCERTAIN)
+        by_family = (first.level == Level.PARENT) | (second.level == Level.PARENT)
+        differ = np.where(by_family, first.parent != second.parent, first.values != second.values)
+        changed = compared & certain & differ
         valid = np.minimum(before.valid_fraction, after.valid_fraction)
-        return cls(before.chunk, before, after, from_values, to_values, compared, changed, valid)
+        return cls(before.chunk, before, after, first, second, compared, by_family, changed, valid)
 
 
 def _write(plan: ChangePlan, engine: Engine, summary: ChangeSummary, progress: bool) -> None:
     """Classify both scenes chunk by chunk into the writers; on failure, no output appears."""
     outputs = plan.outputs
+    STOP.check()
     keys = [engine.install(plan.before.model), engine.install(plan.after.model)]
     fromto = FromTo(plan.grid, plan.legend)
+    staging = Staging()
     writers: list[ChangeGeoPackage | ChangeGeoTiff] = []
     try:
+        context = MapContext(staging, plan.grid, plan.legend, plan.metadata)
         if outputs.gpkg is not None:
-            writers.append(ChangeGeoPackage(outputs.gpkg, plan.grid, plan.legend, plan.metadata))
+            writers.append(ChangeGeoPackage(outputs.gpkg, context))
         if outputs.geotiff is not None:
-            writers.append(ChangeGeoTiff(outputs.geotiff, plan.grid, plan.legend, plan.metadata))
+            writers.append(ChangeGeoTiff(outputs.geotiff, context))
         for pair in _pairs(plan, engine, keys, progress):
+            STOP.check()
             for writer in writers:
                 writer.write(pair)
             fromto.add(pair)
@@ -392,11 +423,16 @@ def _write(plan: ChangePlan, engine: Engine, summary: ChangeSummary, progress: b
             writer.finish()
         summary.skipped = plan.grid.rows * plan.grid.cols - summary.compared
         summary.fromto = fromto.area
-        summary.outputs.append(fromto.write(fromto_path(outputs.paths[0])))
+        summary.changes = fromto.changed
+        table = fromto.write(staging, fromto_path(outputs.paths[0]))
+        STOP.check()  # the last safe point: from here on the run completes
+        staging.publish()
     except BaseException:
         for writer in writers:
             writer.abort()
+        staging.discard()
         raise
+    summary.outputs.append(table)
 
 
 def _pairs(
@@ -435,88 +471,75 @@ class FromTo:
         self._areas = PatchAreas(grid, legend)
         self.names = self._areas.names
         self.area = np.zeros((len(self.names), len(self.names)))
+        self.changed = np.zeros_like(self.area)
 
     def add(self, pair: PatchPair) -> None:
-        """Count one chunk's compared patches."""
-        compared = pair.compared
-        weight = self._areas.of(pair.chunk, compared, pair.valid_fraction)
-        where = (
-            self._areas.positions(pair.from_values[compared]),
-            self._areas.positions(pair.to_values[compared]),
-        )
-        np.add.at(self.area, where, weight)
+        """Count one chunk's compared patches, and apart its changed ones."""
+        for matrix, patches in ((self.area, pair.compared), (self.changed, pair.changed)):
+            weight = self._areas.of(pair.chunk, patches, pair.valid_fraction)
+            where = (
+                self._areas.positions(pair.from_values[patches]),
+                self._areas.positions(pair.to_values[patches]),
+            )
+            np.add.at(matrix, where, weight)
 
-    def write(self, path: Path) -> Path:
-        """Write the matrix in hectares over the categories present (temporary, then moved)."""
+    def write(self, staging: Staging, path: Path) -> Path:
+        """Stage the matrix in hectares over the categories present at ``path``."""
         present = (self.area.sum(axis=0) + self.area.sum(axis=1)) > 0
         keep = np.flatnonzero(present)
         rows: list[list[object]] = [[FROMTO_CORNER, *(self.names[i] for i in keep)]]
         for i in keep:
             hectares = self.area[i, keep] / SQUARE_METRES_PER_HECTARE
             rows.append([self.names[i], *(f"{ha:.4f}" for ha in hectares)])
-        return write_csv(path, rows)
+        return write_csv(staging, path, rows)
 
 
 class ChangeGeoPackage:
     """One polygon per compared patch, styled to show the changed ones."""
 
-    def __init__(
-        self, path: Path, grid: PatchGrid, legend: Legend, metadata: dict[str, str]
-    ) -> None:
-        self.file = GeoPackageLayer(path, metadata)
-        self.grid = grid
+    def __init__(self, path: Path, context: MapContext) -> None:
+        self.file = GeoPackageLayer(path, context.staging, context.metadata)
+        self.grid = context.grid
         self.names = np.full(CLASS_NODATA + 1, "", dtype=object)
-        for entry in legend.entries:
+        for entry in context.legend.entries:
             self.names[entry.value] = entry.name
 
     def write(self, pair: PatchPair) -> None:
         """Append the chunk's compared patches."""
-        chunk = pair.chunk
-        rows, cols = np.nonzero(pair.compared)
-        keep = (rows, cols)
-        self.file.append(
-            self._frame(
-                rows + chunk.row,
-                cols + chunk.col,
-                pair.from_values[keep],
-                pair.to_values[keep],
-                pair.before.scores[keep],
-                pair.after.scores[keep],
-                pair.changed[keep],
-                pair.valid_fraction[keep],
-            )
-        )
+        self.file.append(self._frame(pair))
 
-    def finish(self) -> Path:
-        """Style the layer and move it into place."""
-        ints, scores = np.empty(0, np.intp), np.empty(0, np.float32)
-        schema = self._frame(ints, ints, ints, ints, scores, scores, ints != 0, scores)
-        return self.file.finish(schema, change_qml(), "rsscgeo change")
+    def finish(self) -> None:
+        """Style the layer and stage its style beside it."""
+        self.file.finish(self._frame(None), change_qml(), "rsscgeo change")
 
     def abort(self) -> None:
-        """Remove the temporary file."""
-        self.file.abort()
+        """Nothing is open between chunks; the staged files go with the run's staging."""
 
-    def _frame(
-        self,
-        rows: npt.NDArray[np.intp],
-        cols: npt.NDArray[np.intp],
-        from_values: npt.NDArray[np.intp],
-        to_values: npt.NDArray[np.intp],
-        from_scores: npt.NDArray[np.float32],
-        to_scores: npt.NDArray[np.float32],
-        changed: npt.NDArray[np.bool_],
-        valid: npt.NDArray[np.floating],
-    ) -> gpd.GeoDataFrame:
+    def _frame(self, pair: PatchPair | None) -> gpd.GeoDataFrame:
+        """The compared patches of ``pair`` (``None``: no rows, the layer's schema)."""
+        if pair is None:
+            rows = cols = np.empty(0, np.intp)
+            keep = np.empty(0, bool)
+            first = second = Labels(*(np.empty(0, t) for t in (int, np.int8, int, int, np.float32)))
+            by_family: npt.NDArray[Any] = np.empty(0, bool)
+            changed: npt.NDArray[Any] = np.empty(0, bool)
+            valid: npt.NDArray[Any] = np.empty(0, np.float32)
+        else:
+            keep = pair.compared
+            rows, cols = np.nonzero(keep)
+            rows, cols = rows + pair.chunk.row, cols + pair.chunk.col
+            first, second = pair.from_labels, pair.to_labels
+            by_family, changed, valid = pair.by_family, pair.changed, pair.valid_fraction
         columns: dict[str, Any] = {
             "row": rows.astype(np.int32),
             "col": cols.astype(np.int32),
-            "from_class": self.names[from_values].astype(str),
-            "to_class": self.names[to_values].astype(str),
-            "from_score": from_scores.astype(np.float32),
-            "to_score": to_scores.astype(np.float32),
-            CHANGED_FIELD: changed.astype(bool),
-            "valid_fraction": valid.astype(np.float32),
+            "from_class": self.names[first.values[keep]].astype(str),
+            "to_class": self.names[second.values[keep]].astype(str),
+            "from_score": first.score[keep].astype(np.float32),
+            "to_score": second.score[keep].astype(np.float32),
+            "compared_at": np.where(by_family[keep].astype(bool), "parent", "leaf").astype(str),
+            CHANGED_FIELD: changed[keep].astype(bool),
+            "valid_fraction": valid[keep].astype(np.float32),
         }
         boxes = [self.grid.patch_bounds(int(r), int(c)) for r, c in zip(rows, cols, strict=True)]
         geometry = shapely.box(*np.array(boxes).T) if boxes else []
@@ -526,13 +549,12 @@ class ChangeGeoPackage:
 class ChangeGeoTiff:
     """One pixel per patch: bands from class, to class and changed (0/1); 255 elsewhere."""
 
-    def __init__(
-        self, path: Path, grid: PatchGrid, legend: Legend, metadata: dict[str, str]
-    ) -> None:
+    def __init__(self, path: Path, context: MapContext) -> None:
         self.path = path
-        self.legend = legend
-        self.metadata = metadata
-        self.raster = PatchRaster(path, grid, 3, "uint8")
+        self.staging = context.staging
+        self.legend = context.legend
+        self.metadata = dict(context.metadata)
+        self.raster = PatchRaster(path, context.staging, context.grid, 3, "uint8")
         # Three 8-bit bands would otherwise be tagged red, green and blue.
         self.raster.dst.colorinterp = [
             ColorInterp.gray,
@@ -545,8 +567,8 @@ class ChangeGeoTiff:
         bands = np.stack([pair.from_values, pair.to_values, pair.changed])
         self.raster.write(np.where(pair.compared, bands, CLASS_NODATA), pair.chunk)
 
-    def finish(self) -> Path:
-        """Describe the bands, publish the COG and name the categories."""
+    def finish(self) -> None:
+        """Describe the bands, make the COG and stage the category names."""
         dst = self.raster.dst
         for band, name in enumerate(("from_class", "to_class", CHANGED_FIELD), start=1):
             dst.set_band_description(band, name)
@@ -555,11 +577,10 @@ class ChangeGeoTiff:
             uncertain_below=f"{self.legend.uncertain_below:g}",
             **self.metadata,
         )
-        self.raster.publish()
+        self.raster.finish()
         names = category_names(self.legend)
-        write_category_names(self.path, [names, names, CHANGED_NAMES])
-        return self.path
+        write_category_names(self.staging, self.path, [names, names, CHANGED_NAMES])
 
     def abort(self) -> None:
-        """Close and remove the temporary files."""
+        """Close and remove the work file."""
         self.raster.abort()

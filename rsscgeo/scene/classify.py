@@ -25,19 +25,22 @@ import numpy as np
 import numpy.typing as npt
 from tqdm.auto import tqdm
 
-from rsscgeo.errors import OptionError, OutputError, RunInterrupted, signal_number
+from rsscgeo.errors import OptionError, OutputError, RunInterrupted
+from rsscgeo.hierarchy import CLASS_NODATA, Level
 from rsscgeo.modelfile import LoadedModel
 from rsscgeo.scene.areas import AreaTally, ClassArea, areas_path, write_areas
 from rsscgeo.scene.engine import Engine
 from rsscgeo.scene.grid import Chunk, PatchGrid
 from rsscgeo.scene.inference import ChunkResult
 from rsscgeo.scene.journal import Journal, fingerprint, journal_dir
-from rsscgeo.scene.legend import CLASS_NODATA, Legend
+from rsscgeo.scene.legend import Legend
 from rsscgeo.scene.lock import lock_outputs
 from rsscgeo.scene.options import ClassifyOptions, ClassifyOutputs
 from rsscgeo.scene.plan import ScenePlan, plan_scene, refuse_existing
-from rsscgeo.scene.writers import GeoPackageWriter, GeoTiffWriter
+from rsscgeo.scene.staging import Staging
+from rsscgeo.scene.writers import GeoPackageWriter, GeoTiffWriter, MapContext
 from rsscgeo.sources import SceneLike
+from rsscgeo.stopping import STOP, stop_signal
 
 Writer = GeoPackageWriter | GeoTiffWriter
 
@@ -52,9 +55,12 @@ class ClassifySummary:
         classified: Patches classified (Uncertain ones included).
         skipped: Patches below ``min_valid``.
         uncertain: Classified patches mapped as Uncertain.
+        by_family: Classified patches named by their family (back-off), not a class.
+        backoff: Whether doubtful patches could be named by their family.
         uncertain_below: The Uncertain threshold used (0: none).
         uncertain_source: Where that threshold came from, in words (``Legend.source``).
-        per_class: Patches per class, Uncertain ones left out.
+        per_class: Patches per name on the map (classes and families), Uncertain ones
+            left out.
         areas: Patches, area and mean score per category (Uncertain included), also
             written to ``<first output stem>.areas.csv``.
         class_map: One value per patch (rows x cols): the GeoTIFF class band's values
@@ -68,6 +74,8 @@ class ClassifySummary:
     classified: int = 0
     skipped: int = 0
     uncertain: int = 0
+    by_family: int = 0
+    backoff: bool = False
     uncertain_below: float = 0.0
     uncertain_source: str = ""
     per_class: Counter[str] = field(default_factory=Counter)
@@ -115,7 +123,9 @@ def run_plan(
     Finished chunks are journaled beside the first output, so ``outputs.resume``
     continues an interrupted run; outputs are locked for the run and appear only when
     complete. Probabilities are calibrated with the card's temperature; patches below
-    the legend's threshold are written as Uncertain.
+    the legend's threshold are written as Uncertain. A stop request
+    (``stopping.STOP``, or ``KeyboardInterrupt``) is honoured between chunks and up to
+    the moment the finished outputs are moved into place.
 
     Raises:
         OptionError: If the plan has no outputs.
@@ -136,6 +146,7 @@ def run_plan(
         uncertain_below=legend.uncertain_below,
         uncertain_source=legend.source,
         notes=list(plan.notes),
+        backoff=legend.hierarchical,
     )
     summary.notes.append(f"running on a {engine.description}, model on {engine.device}")
     say(summary.notes[-1])
@@ -153,12 +164,12 @@ def run_plan(
             )
             start = time.perf_counter()
             _write(plan, engine, journal, chunks, summary, progress)
-        except KeyboardInterrupt as err:
+        except (KeyboardInterrupt, RunInterrupted) as err:
             raise RunInterrupted(
                 f"interrupted after {_journaled(folder)} of {len(chunks)} chunks",
                 "call again with ClassifyOutputs(resume=True) to continue.",
                 cli_fix="rerun with --resume to continue",
-                signum=signal_number(err),
+                signum=stop_signal(err),
             ) from None
         except Exception as err:
             if not _disk_full(err):
@@ -182,25 +193,29 @@ def _write(
     summary: ClassifySummary,
     progress: bool,
 ) -> None:
-    """Run the chunks and stream them into the writers; on failure, no output appears."""
+    """Run the chunks and stream them into the writers; on failure, no output appears.
+
+    Stops are honoured between chunks and once more after every file is complete,
+    just before they are all moved into place.
+    """
     assert plan.outputs is not None
+    STOP.check()
     key = engine.install(plan.model)
     tally = AreaTally(plan.grid, plan.legend)
     summary.class_map = np.full((plan.grid.rows, plan.grid.cols), CLASS_NODATA, np.uint8)
+    staging = Staging()
     writers: list[Writer] = []
     try:
+        context = MapContext(staging, plan.grid, plan.legend, plan.metadata)
         if plan.outputs.gpkg is not None:
-            writers.append(
-                GeoPackageWriter(plan.outputs.gpkg, plan.grid, plan.legend, plan.metadata)
-            )
+            writers.append(GeoPackageWriter(plan.outputs.gpkg, context))
         if plan.outputs.geotiff is not None:
             probabilities = plan.options.probabilities
             writers.append(
-                GeoTiffWriter(
-                    plan.outputs.geotiff, plan.grid, plan.legend, probabilities, plan.metadata
-                )
+                GeoTiffWriter(plan.outputs.geotiff, context, probabilities=probabilities)
             )
         for result in _results(engine, plan, key, chunks, journal, progress):
+            STOP.check()
             for writer in writers:
                 writer.write(result)
             _count(summary, result, plan.legend)
@@ -208,11 +223,15 @@ def _write(
         for writer in writers:
             writer.finish()
         summary.areas = tally.table()
-        summary.outputs.append(write_areas(areas_path(plan.outputs.paths[0]), summary.areas))
+        areas = write_areas(staging, areas_path(plan.outputs.paths[0]), summary.areas)
+        STOP.check()  # the last safe point: from here on the run completes
+        staging.publish()
     except BaseException:  # temporary files go; the journal stays for resuming
         for writer in writers:
             writer.abort()
+        staging.discard()
         raise
+    summary.outputs.append(areas)
 
 
 def _journaled(folder: Path) -> int:
@@ -258,15 +277,17 @@ def _results(
 
 def _count(summary: ClassifySummary, result: ChunkResult, legend: Legend) -> None:
     done = result.classified
-    uncertain = legend.uncertain(result.scores)
+    labels = legend.label(result.probabilities)
+    uncertain = done & (labels.level == Level.UNCERTAIN)
     summary.classified += int(done.sum())
     summary.skipped += int((~done).sum())
     summary.uncertain += int(uncertain.sum())
-    names = legend.card.class_names
-    summary.per_class.update(names[i] for i in result.class_ids[done & ~uncertain])
+    summary.by_family += int((done & (labels.level == Level.PARENT)).sum())
+    names = legend.names
+    summary.per_class.update(names[v] for v in labels.values[done & ~uncertain])
     chunk = result.chunk
     rows, cols = (
         slice(chunk.row, chunk.row + chunk.nrows),
         slice(chunk.col, chunk.col + chunk.ncols),
     )
-    summary.class_map[rows, cols] = legend.raster_values(result)
+    summary.class_map[rows, cols] = labels.values

@@ -33,6 +33,7 @@ from rsscgeo.errors import ClusterError, OptionError, RsscgeoError, first_line
 from rsscgeo.modelfile import LoadedModel
 from rsscgeo.scene.grid import Chunk
 from rsscgeo.scene.inference import ChunkResult, prepare_model
+from rsscgeo.stopping import STOP
 
 # Tasks in flight per worker thread: enough to keep every thread fed while the client
 # writes, few enough that out-of-order results waiting for their turn stay small.
@@ -256,6 +257,10 @@ class Engine:
 
         ``on_result`` sees each newly computed result as soon as it arrives (to journal
         and count it); results are yielded in chunk order once their turn comes.
+
+        Raises:
+            RunInterrupted: If a stop is requested (``stopping.STOP``) while it waits;
+                the tasks in flight are cancelled.
         """
         window = IN_FLIGHT_PER_THREAD * self.threads
         running = as_completed(loop=self.client.loop)
@@ -286,9 +291,13 @@ class Engine:
                             retries=TASK_RETRIES,
                         )
                         in_flight[ahead] = future
+                        future.add_done_callback(_wake)
                         running.add(future)
                     submitted += 1
                 while chunk not in ready:
+                    # A bounded wait, not a blocking next(): a stop request wakes it.
+                    while not STOP.wait(running.has_ready):
+                        STOP.check()
                     future = next(running)
                     result = self._result(future)
                     del in_flight[result.chunk]
@@ -331,7 +340,9 @@ def open_engine(
         ClusterError: If the scheduler cannot be reached.
     """
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
-    with ExitStack() as stack:
+    # The models go only after the cluster has closed, which waits for the tasks still
+    # running in its threads: a stopped run's last tasks must not find them gone.
+    with ExitStack() as models, ExitStack() as stack:
         if address:
             client = _connect(address)
             stack.callback(client.close)
@@ -346,7 +357,7 @@ def open_engine(
         else:
             engine = _local_engine(stack, workers, processes, device)
             engine.torch_threads = torch_threads or engine.torch_threads
-        stack.callback(engine.close)
+        models.callback(engine.close)
         yield engine
 
 
@@ -415,6 +426,11 @@ def _import_failure(err: BaseException, what: str) -> ClusterError | None:
         f"the Dask workers cannot import what {what} needs ({first_line(err)}); install "
         "rsscgeo and its dependencies in the workers' environment."
     )
+
+
+def _wake(_: Any) -> None:
+    """A task finished: wake the client if it waits for results."""
+    STOP.wake()
 
 
 def _task_key(chunk: Chunk) -> str:

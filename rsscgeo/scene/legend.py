@@ -1,14 +1,19 @@
-"""What a classify map shows: the card's classes and, below a threshold, Uncertain.
+"""What a classify map shows: the card's classes, their families, and Uncertain.
 
-A patch whose calibrated top-1 probability is below ``uncertain_below`` is mapped as
-Uncertain. The decision is made when results are written, on the small per-patch
-arrays, so journaled probabilities never depend on the threshold. Multi-label models
-have no Uncertain class: each label has its own threshold in the card.
+A patch is named by its most probable class (a *leaf*) when that class's calibrated
+probability reaches ``uncertain_below``. Otherwise, on a card with a class hierarchy
+and with back-off on, it is named by its most probable *family* (parent) when the
+family's probability (the sum over its classes) reaches the same threshold, e.g. Water
+for a patch split between Pond and Lake. Only when neither does is it Uncertain. The
+decision is made when results are written, on the small per-patch arrays, so journaled
+probabilities never depend on the threshold. Multi-label models have no Uncertain
+class: each label has its own threshold in the card.
 
-Codes: in the GeoPackage an Uncertain patch has ``class_id`` -1 (skipped patches are
-not written); in the GeoTIFF's class band it is 254, and skipped patches are 255.
-Uncertain is drawn in grey: the shade furthest from every class colour of the card
-(cards often have a grey class already, e.g. the bundled model's Airport).
+Codes: leaves keep their class ids; families follow them (number of classes + family
+index); Uncertain is 254 in the GeoTIFF's class band (``class_id`` -1 in the
+GeoPackage) and skipped patches are 255. Uncertain is drawn in grey: the shade
+furthest from every class colour of the card (cards often have a grey class already,
+e.g. an Airport).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rsscgeo.errors import SceneError
+from rsscgeo.hierarchy import UNCERTAIN_VALUE, Labels, Level, label_patches
 from rsscgeo.modelfile import ModelCard
 from rsscgeo.scene.inference import ChunkResult
 
@@ -26,8 +32,6 @@ UNCERTAIN = "Uncertain"
 # The shades of grey Uncertain may take, darkest first.
 UNCERTAIN_GREYS = tuple(f"#{v:02x}{v:02x}{v:02x}" for v in range(0x70, 0xE1, 0x08))
 UNCERTAIN_ID = -1  # GeoPackage class_id
-UNCERTAIN_VALUE = 254  # GeoTIFF class band
-CLASS_NODATA = 255  # GeoTIFF class band: skipped patches
 
 
 @dataclass(frozen=True)
@@ -54,14 +58,19 @@ class Legend:
             Uncertain; 0 disables Uncertain.
         source: Where the threshold came from (or why there is none), in words for
             the run's report: "from the model card", "from --uncertain-below", ...
+        backoff: Name a patch by its family when its class is doubtful (cards with
+            a class hierarchy only).
     """
 
     card: ModelCard
     uncertain_below: float
     source: str
+    backoff: bool = True
 
     @classmethod
-    def for_card(cls, card: ModelCard, uncertain_below: float | None = None) -> Legend:
+    def for_card(
+        cls, card: ModelCard, uncertain_below: float | None = None, *, backoff: bool = True
+    ) -> Legend:
         """The legend for ``card``; ``uncertain_below`` overrides the card's threshold.
 
         Raises:
@@ -82,17 +91,25 @@ class Legend:
                     "leave uncertain_below unset.",
                     cli_fix="drop --uncertain-below.",
                 )
-            return cls(card, 0.0, "multi-label models have no Uncertain class")
+            return cls(card, 0.0, "multi-label models have no Uncertain class", backoff=False)
         if uncertain_below is not None:
             flag = "from --uncertain-below" if uncertain_below else "--uncertain-below 0"
-            legend = cls(card, uncertain_below, flag)
+            legend = cls(card, uncertain_below, flag, backoff)
         elif card.calibration is None:
-            legend = cls(card, 0.0, "the model card has no calibration")
+            legend = cls(card, 0.0, "the model card has no calibration", backoff)
         else:
             threshold = card.uncertain_below
             card_says = "from the model card" if threshold else "the model card's threshold is 0"
-            legend = cls(card, threshold, card_says)
-        clash = [n for n in card.class_names if n.casefold() == UNCERTAIN.casefold()]
+            legend = cls(card, threshold, card_says, backoff)
+        names = [*card.class_names, *card.parent_names]
+        clash = [n for n in names if n.casefold() == UNCERTAIN.casefold()]
+        if legend.hierarchical and len(names) >= UNCERTAIN_VALUE:
+            raise SceneError(
+                f"the model has {len(names)} classes and families; the class map holds at "
+                f"most {UNCERTAIN_VALUE - 1}",
+                "set backoff=False.",
+                cli_fix="pass --no-backoff.",
+            )
         if legend.enabled and clash:
             raise SceneError(
                 f"the model has a class named {clash[0]!r}, which classify uses for patches "
@@ -108,12 +125,53 @@ class Legend:
         return self.uncertain_below > 0
 
     @property
+    def hierarchical(self) -> bool:
+        """Whether patches may be named by their family (a hierarchy, and back-off on)."""
+        return self.backoff and bool(self.card.parents)
+
+    @property
     def entries(self) -> list[LegendEntry]:
-        """The card's classes in order (value = class id), then Uncertain if enabled."""
-        entries = [LegendEntry(i, c.name, c.color) for i, c in enumerate(self.card.classes)]
+        """The card's classes in order (value = class id), then Uncertain if enabled.
+
+        A hierarchical legend lists the families between them.
+        """
+        card = self.card
+        entries = [LegendEntry(i, c.name, c.color) for i, c in enumerate(card.classes)]
+        if self.hierarchical:
+            first = card.num_classes
+            entries += [LegendEntry(first + j, p.name, p.color) for j, p in enumerate(card.parents)]
         if self.enabled:
             entries.append(LegendEntry(UNCERTAIN_VALUE, UNCERTAIN, self.uncertain_color))
         return entries
+
+    @property
+    def names(self) -> dict[int, str]:
+        """Entry names by map value."""
+        return {e.value: e.name for e in self.entries}
+
+    def family(self, entry: LegendEntry) -> str | None:
+        """The family an entry belongs to: a class's parent, a family itself, else None."""
+        card = self.card
+        if entry.value < card.num_classes:
+            return card.classes[entry.value].parent
+        if entry.value < card.num_classes + len(card.parents):
+            return card.parents[entry.value - card.num_classes].name
+        return None
+
+    def level_of(self, entry: LegendEntry) -> Level:
+        """Whether an entry names a class, a family or Uncertain."""
+        if entry.value < self.card.num_classes:
+            return Level.LEAF
+        return Level.UNCERTAIN if entry.value == UNCERTAIN_VALUE else Level.PARENT
+
+    def label(self, probabilities: npt.NDArray[np.floating]) -> Labels:
+        """What the map says for patches with these class probabilities (..., classes).
+
+        Skipped patches (NaN probabilities) get nodata.
+        """
+        return label_patches(
+            probabilities, self.card, self.uncertain_below, backoff=self.hierarchical
+        )
 
     @property
     def uncertain_color(self) -> str:
@@ -123,14 +181,9 @@ class Legend:
         distance = np.linalg.norm(greys[:, None] - colors[None], axis=-1).min(axis=1)
         return UNCERTAIN_GREYS[int(distance.argmax())]
 
-    def uncertain(self, scores: npt.NDArray[np.floating]) -> npt.NDArray[np.bool_]:
-        """Where the top-1 probabilities ``scores`` are below the threshold (NaN: never)."""
-        return np.asarray(scores < self.uncertain_below)
-
     def raster_values(self, result: ChunkResult) -> npt.NDArray[np.intp]:
-        """The GeoTIFF class band of a chunk: class ids, Uncertain and nodata values."""
-        values = np.where(result.classified, result.class_ids, CLASS_NODATA)
-        return np.where(self.uncertain(result.scores), UNCERTAIN_VALUE, values)
+        """The GeoTIFF class band of a chunk: class and family ids, Uncertain, nodata."""
+        return self.label(result.probabilities).values
 
 
 def _rgb(color: str) -> tuple[int, int, int]:

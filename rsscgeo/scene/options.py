@@ -36,7 +36,10 @@ class ClassifyOptions:
             (``None``: at most 2048, see :func:`rsscgeo.scene.tasks.chunk_side`).
         tta: Average the probabilities of the 8 rotations/flips of each patch.
         uncertain_below: Map patches whose calibrated top-1 probability is below this
-            as Uncertain (``None``: the card's threshold; 0 disables it).
+            as Uncertain (``None``: the card's threshold; 0 disables it). On a card
+            with a class hierarchy, the family's probability is held to it too.
+        backoff: On a card with a class hierarchy, name a patch by its family when
+            its class is below ``uncertain_below`` but the family is not.
         probabilities: Also write one probability band per class into a GeoTIFF.
         backend: ``torch``, ``onnx`` (ONNX Runtime) or ``auto`` (ONNX Runtime on CPU,
             PyTorch on a GPU); see :mod:`rsscgeo.backends`.
@@ -53,6 +56,7 @@ class ClassifyOptions:
     chunk_size: int | None = None
     tta: bool = False
     uncertain_below: float | None = None
+    backoff: bool = True
     probabilities: bool = False
     backend: Literal["auto", "torch", "onnx"] = "auto"
     asset: str | None = None

@@ -16,12 +16,13 @@ import torch
 
 from rsscgeo.backends import choose_backend
 from rsscgeo.errors import OptionError, OutputError, OutputExistsError, SceneError
+from rsscgeo.hierarchy import UNCERTAIN_VALUE
 from rsscgeo.modelfile import LoadedModel
 from rsscgeo.outputs import check_output_folder
 from rsscgeo.scene.grid import Chunk, PatchGrid
 from rsscgeo.scene.inference import Scaling
 from rsscgeo.scene.journal import journal_dir
-from rsscgeo.scene.legend import UNCERTAIN_VALUE, Legend
+from rsscgeo.scene.legend import Legend
 from rsscgeo.scene.options import ClassifyOptions, ClassifyOutputs
 from rsscgeo.scene.reader import SceneInfo, SceneReader, inspect_scenes
 from rsscgeo.scene.tasks import ChunkWork, chunk_side
@@ -131,7 +132,7 @@ def plan_scene(
     card = loaded.card
     if outputs is not None:
         check_outputs(outputs, card.num_classes)
-    legend = Legend.for_card(card, options.uncertain_below)
+    legend = Legend.for_card(card, options.uncertain_below, backoff=options.backoff)
     inputs = resolve_stac(scenes, card.bands, options.asset)
     info = inspect_scenes(inputs.sources)
     band_indexes = _band_indexes(info, options.bands or inputs.bands, len(card.bands))

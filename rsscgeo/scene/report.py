@@ -25,10 +25,11 @@ import numpy.typing as npt
 
 from rsscgeo import __version__
 from rsscgeo.errors import OptionError, OutputError, OutputExistsError, first_line
+from rsscgeo.hierarchy import Level
 from rsscgeo.outputs import check_output_folder
-from rsscgeo.scene.areas import ClassArea
+from rsscgeo.scene.areas import FAMILY, ClassArea
 from rsscgeo.scene.classify import ClassifySummary
-from rsscgeo.scene.legend import UNCERTAIN
+from rsscgeo.scene.legend import UNCERTAIN, Legend, LegendEntry
 from rsscgeo.scene.plan import ScenePlan
 from rsscgeo.scene.preview import (
     Extent,
@@ -117,12 +118,7 @@ def render_report(
     extent = map_extent(plan.grid)
     names = ", ".join(s.filename for s in plan.reader.sources)
     figure = render_map(quicklook, summary.class_map, extent, entries, title=names)
-    present = legend_counts(summary.class_map, entries)
-    legend = "".join(
-        f'<li><span class="swatch" style="background:{e.color}"></span>{escape(e.name)}'
-        f" <small>({n} {'patch' if n == 1 else 'patches'})</small></li>"
-        for e, n in present
-    )
+    legend = _legend_tree(plan.legend, legend_counts(summary.class_map, entries))
     colors = {e.name: e.color for e in entries}
     rows = _area_rows(summary.areas, uncertain=plan.legend.enabled)
     overlay = _png(class_colors(summary.class_map, entries))
@@ -146,9 +142,45 @@ def render_report(
     )
 
 
+def _legend_tree(legend: Legend, present: Sequence[tuple[LegendEntry, int]]) -> str:
+    """The legend's items present on the map, as a tree on a card with families.
+
+    Each family shows its patch total, then its classes and the patches named by the
+    family itself.
+    """
+
+    def item(entry: LegendEntry, count: int, inner: str = "") -> str:
+        return (
+            f'<li><span class="swatch" style="background:{entry.color}"></span>'
+            f"{escape(entry.name)} <small>({count} {'patch' if count == 1 else 'patches'})"
+            f"</small>{inner}</li>"
+        )
+
+    def doubtful(entry: LegendEntry) -> LegendEntry:
+        return LegendEntry(entry.value, f"{entry.name} (class doubtful)", entry.color)
+
+    if not legend.card.parents:
+        return "".join(item(e, n) for e, n in present)
+    family = {p.name: LegendEntry(-1, p.name, p.color) for p in legend.card.parents}
+    members: dict[str, list[tuple[LegendEntry, int]]] = {name: [] for name in family}
+    rest: list[tuple[LegendEntry, int]] = []
+    for entry, count in present:
+        name = legend.family(entry)
+        (members[name] if name else rest).append((entry, count))
+    tree = []
+    for name, inside in members.items():
+        if inside:
+            leaves = "".join(
+                item(e if legend.level_of(e) == Level.LEAF else doubtful(e), n) for e, n in inside
+            )
+            total = sum(n for _, n in inside)
+            tree.append(item(family[name], total, f'<ul class="family">{leaves}</ul>'))
+    return "".join(tree) + "".join(item(e, n) for e, n in rest)
+
+
 def _area_rows(areas: Sequence[ClassArea], *, uncertain: bool) -> list[ClassArea]:
-    """Classes present, largest first, then Uncertain (when the run had it)."""
-    present = [a for a in areas if a.patches and a.name != UNCERTAIN]
+    """Map categories present, largest first, then Uncertain (when the run had it)."""
+    present = [a for a in areas if a.patches and a.name != UNCERTAIN and a.level != FAMILY]
     rows = sorted(present, key=lambda a: -a.area_m2)
     rows += [a for a in areas if a.name == UNCERTAIN and uncertain]
     return rows
@@ -313,6 +345,7 @@ h2 {{ font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #dddddd; }}
 #layer-classes:checked ~ .stage .scene {{ visibility: hidden; }}
 .legend {{ list-style: none; padding: 0; margin: 2.3em 0 0; columns: 1; }}
 .legend li {{ margin: 0.15em 0; }}
+.legend .family {{ list-style: none; padding-left: 1.4em; margin: 0.1em 0 0.3em; }}
 .swatch {{ display: inline-block; width: 1em; height: 1em; margin-right: 0.45em;
   vertical-align: -0.15em; border: 1px solid #555555; }}
 .figure {{ width: 100%; height: auto; border: 1px solid #eeeeee; }}

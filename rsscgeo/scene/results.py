@@ -30,7 +30,9 @@ def patch_dataset(
     ``class``: ``probability`` (calibrated; NaN for skipped patches), ``class_id``
     (the top-1 class, -1 when skipped), ``score`` (the top-1 probability),
     ``uncertain`` (True where ``classify_scene`` maps the patch as Uncertain: score
-    below ``options.uncertain_below``, default the card's) and ``valid_fraction``.
+    below ``options.uncertain_below``, default the card's, and on a card with families
+    and back-off, the most probable family's probability ``family_score`` too) and
+    ``valid_fraction``.
     Attributes ``crs`` (WKT) and ``transform`` (GDAL order) describe the patch grid,
     ``uncertain_below`` the threshold used. Each dask block is one chunk, as
     ``classify_scene`` reads them (``options.chunk_size`` pixels a side, by default
@@ -77,7 +79,13 @@ def patch_dataset(
         data.probability.fillna(-1).argmax("class").where(classified, -1).astype(np.int32)
     )
     data["score"] = data.probability.max("class")
-    data["uncertain"] = data.score < plan.legend.uncertain_below  # NaN (skipped): False
+    threshold = plan.legend.uncertain_below
+    data["uncertain"] = data.score < threshold  # NaN (skipped): False
+    if plan.legend.hierarchical:
+        family = xr.DataArray([c.parent for c in card.classes], dims="class", name="family")
+        data["family_score"] = data.probability.groupby(family).sum("class").max("family")
+        data["family_score"] = data.family_score.where(classified)
+        data["uncertain"] = data.uncertain & (data.family_score < threshold)
     return data
 
 

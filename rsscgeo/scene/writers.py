@@ -1,7 +1,9 @@
 """Streaming per-chunk results into a GeoPackage and a Cloud-Optimised GeoTIFF.
 
-Both writers work on a temporary path beside the output and move it into place only
-in ``finish``; ``abort`` removes the temporary files, so a failed run leaves nothing.
+Both writers write every file (layer, raster, style, sidecar) to a temporary name a
+run's :class:`~rsscgeo.scene.staging.Staging` gives them; ``finish`` completes those
+files and the run publishes them all at once, so a failed or stopped run leaves
+nothing. ``abort`` closes what is open and removes scratch files.
 Both label patches through the run's ``Legend`` (the card's classes and Uncertain).
 The file mechanics (:class:`GeoPackageLayer`, :class:`PatchRaster`) serve other
 per-patch outputs too (``change``).
@@ -9,9 +11,9 @@ per-patch outputs too (``change``).
 
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,11 @@ import rasterio.shutil
 import shapely
 from rasterio.windows import Window
 
+from rsscgeo.hierarchy import CLASS_NODATA, Level
 from rsscgeo.scene.grid import Chunk, PatchGrid
 from rsscgeo.scene.inference import ChunkResult
-from rsscgeo.scene.legend import CLASS_NODATA, UNCERTAIN, UNCERTAIN_ID, Legend
+from rsscgeo.scene.legend import UNCERTAIN_ID, Legend
+from rsscgeo.scene.staging import Staging
 from rsscgeo.scene.style import CLASS_FIELD, categorised_qml, embed_default_style
 
 # GDAL >= 3.7 writes GeoPackage 1.4 by default, which QGIS 3.22's GDAL 3.6 reports as
@@ -33,26 +37,38 @@ from rsscgeo.scene.style import CLASS_FIELD, categorised_qml, embed_default_styl
 GPKG_VERSION = "1.2"
 
 
-def temporary_path(path: Path) -> Path:
-    """A hidden sibling of ``path`` that is moved into place on success."""
-    return path.with_name(f".{path.name}.part{path.suffix}")
+@dataclass(frozen=True)
+class MapContext:
+    """What every output of one run shares.
+
+    Attributes:
+        staging: Where the run's files are written until they are published together.
+        grid: The patch grid (one feature or pixel per patch).
+        legend: What the map says and in which colours.
+        metadata: Dataset metadata (e.g. STAC item ids) for every output.
+    """
+
+    staging: Staging
+    grid: PatchGrid
+    legend: Legend
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 class GeoPackageLayer:
     """A GeoPackage of one layer (named after the file), appended frame by frame.
 
-    Frames go to a temporary path; ``finish`` embeds a QGIS style as the layer's
-    default, writes it as a ``.qml`` beside the output and moves the file into place;
-    ``abort`` removes the temporary file. ``metadata`` becomes the layer's GDAL metadata.
+    Frames go to the staged temporary path; ``finish`` embeds a QGIS style as the
+    layer's default and stages it as a ``.qml`` beside the output too.
+    ``metadata`` becomes the layer's GDAL metadata.
     """
 
-    def __init__(self, path: Path, metadata: Mapping[str, str] = {}) -> None:
+    def __init__(self, path: Path, staging: Staging, metadata: Mapping[str, str] = {}) -> None:
         self.path = path
+        self.staging = staging
         self.metadata = dict(metadata)
-        self.tmp = temporary_path(path)
+        self.tmp = staging.stage(path)
         self.layer = path.stem
         self.count = 0
-        self.tmp.unlink(missing_ok=True)
 
     def append(self, frame: gpd.GeoDataFrame) -> None:
         """Append ``frame``'s features (none: nothing happens)."""
@@ -61,8 +77,8 @@ class GeoPackageLayer:
         self._write(frame, append=self.count > 0)
         self.count += len(frame)
 
-    def finish(self, schema: gpd.GeoDataFrame, qml: str, description: str) -> Path:
-        """Style the layer with ``qml`` and move the file into place.
+    def finish(self, schema: gpd.GeoDataFrame, qml: str, description: str) -> None:
+        """Style the layer with ``qml`` and stage the style beside it.
 
         Args:
             schema: An empty frame with the layer's columns, written if no feature was.
@@ -72,13 +88,7 @@ class GeoPackageLayer:
         if self.count == 0:
             self._write(schema, append=False)
         embed_default_style(self.tmp, self.layer, "geometry", qml, description)
-        self.path.with_suffix(".qml").write_text(qml)
-        os.replace(self.tmp, self.path)
-        return self.path
-
-    def abort(self) -> None:
-        """Remove the temporary file."""
-        self.tmp.unlink(missing_ok=True)
+        self.staging.stage(self.path.with_suffix(".qml")).write_text(qml)
 
     def _write(self, frame: gpd.GeoDataFrame, *, append: bool) -> None:
         creation = (
@@ -92,33 +102,32 @@ class GeoPackageLayer:
 class GeoPackageWriter:
     """One polygon per classified patch, with a categorised QGIS style embedded.
 
-    An Uncertain patch has ``class_id`` -1 and ``class_name`` Uncertain; its ``score``,
-    ``top1``-``top3`` and ``p_*`` columns are written as for any other patch.
+    ``class_name`` is what the map says: a class, a family (back-off) or Uncertain;
+    ``level`` says which (``leaf``, ``parent``, ``uncertain``), ``class_id`` is its map
+    value (-1 for Uncertain), ``leaf_name`` the most probable class, ``parent_name``
+    the family named or the class's family (empty on flat cards), and ``score`` the
+    probability of what the map says (for Uncertain, of the top class). ``top1``-``top3``
+    and ``p_*`` are the class probabilities.
     ``metadata`` (e.g. STAC item ids) becomes the layer's GDAL metadata.
     """
 
-    def __init__(
-        self, path: Path, grid: PatchGrid, legend: Legend, metadata: Mapping[str, str] = {}
-    ) -> None:
+    def __init__(self, path: Path, context: MapContext) -> None:
         self.path = path
-        self.file = GeoPackageLayer(path, metadata)
-        self.grid = grid
-        self.legend = legend
-        self.card = legend.card
+        self.file = GeoPackageLayer(path, context.staging, context.metadata)
+        self.grid = context.grid
+        self.legend = context.legend
+        self.card = context.legend.card
 
     def write(self, result: ChunkResult) -> None:
         """Append the chunk's classified patches."""
         self.file.append(self._frame(result))
 
-    def finish(self) -> Path:
-        """Embed the style, write the ``.qml`` beside the output and move it into place."""
-        return self.file.finish(
-            self._frame_schema(), categorised_qml(self.legend), "rsscgeo classes"
-        )
+    def finish(self) -> None:
+        """Embed the style and stage the ``.qml`` beside the output."""
+        self.file.finish(self._frame_schema(), categorised_qml(self.legend), "rsscgeo classes")
 
     def abort(self) -> None:
-        """Remove the temporary file."""
-        self.file.abort()
+        """Nothing is open between chunks; the staged files go with the run's staging."""
 
     def _frame(self, result: ChunkResult) -> gpd.GeoDataFrame:
         chunk = result.chunk
@@ -139,16 +148,22 @@ class GeoPackageWriter:
         self, probs: np.ndarray, rows: np.ndarray, cols: np.ndarray, valid: np.ndarray
     ) -> gpd.GeoDataFrame:
         names = np.array(self.card.class_names)
+        parents = np.array([*self.card.parent_names, ""])  # -1 (flat card): ""
         order = np.argsort(-probs, axis=1)
-        best = order[:, 0] if len(probs) else np.empty(0, int)
-        score = probs[np.arange(len(probs)), best].astype(np.float32)
-        uncertain = self.legend.uncertain(score)
+        labels = self.legend.label(probs)
+        said = self.legend.names
+        uncertain = labels.level == Level.UNCERTAIN
         columns: dict[str, Any] = {
             "row": rows.astype(np.int32),
             "col": cols.astype(np.int32),
-            "class_id": np.where(uncertain, UNCERTAIN_ID, best).astype(np.int32),
-            CLASS_FIELD: np.where(uncertain, UNCERTAIN, names[best]),
-            "score": score,
+            "class_id": np.where(uncertain, UNCERTAIN_ID, labels.values).astype(np.int32),
+            CLASS_FIELD: np.array([said[v] for v in labels.values], dtype=object).astype(str)
+            if len(probs)
+            else names[:0],
+            "level": np.array([level.label for level in Level])[labels.level],
+            "leaf_name": names[labels.leaf],
+            "parent_name": parents[labels.parent],
+            "score": labels.score,
         }
         for rank in range(3):
             columns[f"top{rank + 1}"] = names[order[:, rank]] if len(probs) else names[:0]
@@ -167,15 +182,18 @@ class GeoPackageWriter:
 class PatchRaster:
     """A raster of one pixel per patch, written chunk by chunk and published as a COG.
 
-    Pixels go to a tiled work file beside the output (nodata 255); ``publish`` copies
-    it to a Cloud-Optimised GeoTIFF and moves that into place; ``abort`` removes both.
-    Set band descriptions, tags or a colour table on ``dst`` before publishing.
+    Pixels go to a tiled work file beside the output (nodata 255); ``finish`` copies
+    it to a Cloud-Optimised GeoTIFF at the staged path; ``abort`` closes and removes
+    the work file. Set band descriptions, tags or a colour table on ``dst`` before
+    finishing.
     """
 
-    def __init__(self, path: Path, grid: PatchGrid, count: int, dtype: str) -> None:
+    def __init__(
+        self, path: Path, staging: Staging, grid: PatchGrid, count: int, dtype: str
+    ) -> None:
         self.path = path
+        self.staging = staging
         self.work = path.with_name(f".{path.name}.work.tif")
-        self.tmp = temporary_path(path)
         self.dst = rasterio.open(
             self.work,
             "w",
@@ -199,22 +217,18 @@ class PatchRaster:
         indexes = list(range(first_band, first_band + len(bands)))
         self.dst.write(bands.astype(self.dst.dtypes[0]), indexes, window=window)
 
-    def publish(self) -> Path:
-        """Close the work file, copy it to a COG and move that into place."""
+    def finish(self) -> None:
+        """Close the work file and copy it to a COG at the staged path."""
         self.dst.close()
-        rasterio.shutil.copy(
-            self.work, self.tmp, driver="COG", compress="deflate", overviews="auto"
-        )
+        tmp = self.staging.stage(self.path)
+        rasterio.shutil.copy(self.work, tmp, driver="COG", compress="deflate", overviews="auto")
         self.work.unlink()
-        os.replace(self.tmp, self.path)
-        return self.path
 
     def abort(self) -> None:
-        """Close and remove the temporary files."""
+        """Close and remove the work file."""
         if not self.dst.closed:
             self.dst.close()
         self.work.unlink(missing_ok=True)
-        self.tmp.unlink(missing_ok=True)
 
 
 class GeoTiffWriter:
@@ -225,21 +239,16 @@ class GeoTiffWriter:
     GeoTIFF on finish. ``metadata`` (e.g. STAC item ids) becomes dataset tags.
     """
 
-    def __init__(
-        self,
-        path: Path,
-        grid: PatchGrid,
-        legend: Legend,
-        probabilities: bool,
-        metadata: Mapping[str, str] = {},
-    ) -> None:
+    def __init__(self, path: Path, context: MapContext, *, probabilities: bool = False) -> None:
         self.path = path
-        self.metadata = dict(metadata)
-        self.legend = legend
+        self.staging = context.staging
+        self.metadata = dict(context.metadata)
+        self.legend = legend = context.legend
         self.card = legend.card
         self.probabilities = probabilities
         count = 1 + (self.card.num_classes if probabilities else 0)
-        self.raster = PatchRaster(path, grid, count, "float32" if probabilities else "uint8")
+        dtype = "float32" if probabilities else "uint8"
+        self.raster = PatchRaster(path, self.staging, context.grid, count, dtype)
         self.dst = self.raster.dst
         if not probabilities:  # a colour table must exist before pixels are written
             colors = {e.value: (*e.rgb, 255) for e in legend.entries}
@@ -254,8 +263,8 @@ class GeoTiffWriter:
             bands = np.where(skipped[..., None], CLASS_NODATA, result.probabilities)
             self.raster.write(bands.transpose(2, 0, 1), chunk, first_band=2)
 
-    def finish(self) -> Path:
-        """Add band descriptions, copy to a COG and move it into place."""
+    def finish(self) -> None:
+        """Add band descriptions, copy to a COG and stage its category names."""
         self.dst.set_band_description(1, "class_id")
         for index, name in enumerate(self.card.class_names if self.probabilities else []):
             self.dst.set_band_description(index + 2, f"p_{name}")
@@ -266,12 +275,11 @@ class GeoTiffWriter:
         )
         if self.metadata:
             self.dst.update_tags(**self.metadata)
-        self.raster.publish()
-        write_category_names(self.path, [category_names(self.legend)])
-        return self.path
+        self.raster.finish()
+        write_category_names(self.staging, self.path, [category_names(self.legend)])
 
     def abort(self) -> None:
-        """Close and remove the temporary files."""
+        """Close and remove the work file."""
         self.raster.abort()
 
 
@@ -280,8 +288,8 @@ def category_names(legend: Legend) -> dict[int, str]:
     return {e.value: e.name for e in legend.entries}
 
 
-def write_category_names(path: Path, bands: Sequence[Mapping[int, str]]) -> None:
-    """Write each band's category names (by pixel value) to GDAL's ``.aux.xml`` sidecar.
+def write_category_names(staging: Staging, path: Path, bands: Sequence[Mapping[int, str]]) -> None:
+    """Stage each band's category names (by pixel value) in GDAL's ``.aux.xml`` sidecar.
 
     ``bands`` holds the names of bands 1, 2, ... in order. GeoTIFF has no internal place
     for category names; GDAL reads the sidecar and QGIS shows the names in the legend.
@@ -295,6 +303,4 @@ def write_category_names(path: Path, bands: Sequence[Mapping[int, str]]) -> None
         for value in range(max(names) + 1):
             ET.SubElement(categories, "Category").text = names.get(value, "")
     sidecar = path.with_name(path.name + ".aux.xml")
-    tmp = sidecar.with_name(f".{sidecar.name}.part")
-    tmp.write_text(ET.tostring(root, encoding="unicode"))
-    os.replace(tmp, sidecar)
+    staging.stage(sidecar).write_text(ET.tostring(root, encoding="unicode"))

@@ -34,10 +34,60 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class DataConfig(_Strict):
-    """The labelled tiles and how to split and scale them."""
+class SourceConfig(_Strict):
+    """One labelled dataset of a multi-source run, mapped onto the run's taxonomy.
 
+    ``class_map`` (a YAML file like ``configs/class_maps/nwpu12_to_land_use_33.yaml``)
+    sends each class folder to one class, a set of classes (the image is one of them:
+    trained with the partial-label loss) or a family (any of its classes); without one,
+    the folder names must be the taxonomy's classes.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Short name for reports.")
     path: Path
+    layout: str | None = None
+    class_map: Path | None = None
+    weight: float = Field(
+        default=1.0, gt=0, description="Share of training batches drawn from this source."
+    )
+    split_file: Path | None = Field(
+        default=None, description="Its split CSV (path,split rows); else a seeded split."
+    )
+    train_fraction: float = Field(default=0.8, gt=0, lt=1)
+    val_fraction: float = Field(
+        default=0.1, ge=0, lt=1, description="Share of its training rows held out to calibrate."
+    )
+
+    @field_validator("layout")
+    @classmethod
+    def _known_layout(cls, value: str | None) -> str | None:
+        return _check_layout(value)
+
+
+def _check_layout(value: str | None) -> str | None:
+    # Checked at load time, naming the key, rather than when the run opens the data.
+    from rsscgeo.data.layouts import LAYOUTS
+
+    if value is not None and value not in LAYOUTS:
+        raise ValueError(f"unknown dataset layout; use one of {', '.join(LAYOUTS)}")
+    return value
+
+
+class DataConfig(_Strict):
+    """The labelled tiles and how to split and scale them.
+
+    Either ``path`` (one dataset; its class folders are the classes) or ``sources``
+    (several, each mapped onto ``taxonomy``; trained with the fast cached loop).
+    """
+
+    path: Path | None = None
+    sources: list[SourceConfig] = Field(default_factory=list)
+    taxonomy: Path | None = Field(
+        default=None, description="Classes and their families (configs/taxonomy/*.yaml)."
+    )
+    cache_size: int = Field(
+        default=128, gt=0, description="Side of the decoded uint8 tiles of a sources run."
+    )
     layout: str | None = Field(
         default=None,
         description="A published dataset layout, e.g. 'ucmerced' (rsscgeo datasets list); "
@@ -63,12 +113,28 @@ class DataConfig(_Strict):
     @field_validator("layout")
     @classmethod
     def _known_layout(cls, value: str | None) -> str | None:
-        # Checked at load time, naming the key, rather than when the run opens the data.
-        from rsscgeo.data.layouts import LAYOUTS
+        return _check_layout(value)
 
-        if value is not None and value not in LAYOUTS:
-            raise ValueError(f"unknown dataset layout; use one of {', '.join(LAYOUTS)}")
-        return value
+    @model_validator(mode="after")
+    def _one_kind(self) -> DataConfig:
+        if (self.path is None) == (not self.sources):
+            raise ValueError("give either path (one dataset) or sources (several)")
+        if self.sources and self.taxonomy is None:
+            raise ValueError("sources need a taxonomy (e.g. configs/taxonomy/land_use_33.yaml)")
+        names = [source.name for source in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError("every source needs its own name")
+        return self
+
+    @property
+    def described(self) -> str:
+        """The data in words: the path, or the sources with their class maps."""
+        if self.path is not None:
+            return str(self.path)
+        return " + ".join(
+            f"{s.name} ({s.path}" + (f", {s.class_map})" if s.class_map else ")")
+            for s in self.sources
+        )
 
 
 class ModelConfig(_Strict):
@@ -92,6 +158,15 @@ class OptimConfig(_Strict):
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     mixup: float = Field(default=0.0, ge=0, description="Mixup's Beta alpha; 0 is off.")
     cutmix: float = Field(default=0.0, ge=0, description="CutMix's Beta alpha; 0 is off.")
+    schedule: Literal["step", "cosine"] = Field(
+        default="step", description="After warm-up: step decay at milestones, or cosine to 0."
+    )
+    head_lr: float | None = Field(
+        default=None,
+        gt=0,
+        description="Learning rate of the classifier (sources runs); lr if unset.",
+    )
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW's (sources runs).")
 
 
 class TrainerConfig(_Strict):

@@ -15,9 +15,16 @@ import torch
 
 from rsscgeo.data.classmap import LeftOut, MappedCatalog
 from rsscgeo.errors import ConfigError
-from rsscgeo.modelfile import LoadedModel
+from rsscgeo.modelfile import LoadedModel, ModelCard
 from rsscgeo.training.evaluate import DEFAULT_TTA, patch_dataset, predict_probabilities
-from rsscgeo.training.selective import Coverage, CurvePoint, coverage_at, risk_coverage
+from rsscgeo.training.selective import (
+    BackoffCoverage,
+    Coverage,
+    CurvePoint,
+    backoff_coverage,
+    coverage_at,
+    risk_coverage,
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ class MappedEvaluation:
     curve: tuple[CurvePoint, ...]
     left_out: tuple[LeftOut, ...]
     tta: bool
+    backoff: BackoffCoverage | None = None  # models with families
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready figures."""
@@ -67,7 +75,7 @@ class MappedEvaluation:
             "risk_coverage": [p.as_dict() for p in self.curve],
             "left_out": [asdict(left) for left in self.left_out],
             "tta": self.tta,
-        }
+        } | ({"backoff": self.backoff.as_dict()} if self.backoff else {})
 
     def summary(self) -> list[str]:
         """Human-readable lines: accuracy, what was left out, a per-class table, coverage."""
@@ -85,6 +93,8 @@ class MappedEvaluation:
             lines.append(f"{c.name:<{width}}  {c.images:>6}  {c.accuracy:>8.4f}  {shown}")
         lines.append("(x): not an accepted class")
         lines.append(self.uncertain.describe())
+        if self.backoff is not None:
+            lines.append(self.backoff.describe())
         return lines
 
 
@@ -95,10 +105,12 @@ def score_mapped(
     threshold: float,
     *,
     tta: bool,
+    card: ModelCard | None = None,
 ) -> MappedEvaluation:
     """Score calibrated probabilities (N x model classes) against dataset-class labels.
 
     A prediction is correct when its top-1 model class is accepted for the image's class.
+    With a ``card`` that has families, what a map would name with back-off is scored too.
     """
     n_data, n_model = len(mapped.catalog.classes), len(mapped.model_classes)
     allowed = torch.zeros(n_data, n_model, dtype=torch.bool)
@@ -133,6 +145,9 @@ def score_mapped(
         curve=tuple(risk_coverage(confidence, correct)),
         left_out=mapped.left_out,
         tta=tta,
+        backoff=backoff_coverage(probs, allowed[labels], card, threshold)
+        if card is not None and card.parents
+        else None,
     )
 
 
@@ -173,4 +188,4 @@ def evaluate_with_class_map(
         description="evaluating",
     )
     threshold = card.uncertain_below if uncertain_below is None else uncertain_below
-    return score_mapped(probs, labels, mapped, threshold, tta=tta)
+    return score_mapped(probs, labels, mapped, threshold, tta=tta, card=card)

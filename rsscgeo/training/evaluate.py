@@ -21,7 +21,8 @@ from rsscgeo.data.catalog import Catalog
 from rsscgeo.data.torch_dataset import TileDataset
 from rsscgeo.modelfile import LoadedModel, ModelCard
 from rsscgeo.predict import card_transform, probabilities
-from rsscgeo.training.selective import coverage_at, risk_coverage
+from rsscgeo.stopping import STOP
+from rsscgeo.training.selective import backoff_coverage, coverage_at, risk_coverage
 
 # Whether evaluation averages the 8 dihedral transforms (test-time augmentation) unless
 # told otherwise: the one default `rsscgeo evaluate` and experiment eval sets share. On
@@ -59,6 +60,7 @@ def _collect(
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     outputs, labels = [], []
     for batch in tqdm(loader, desc=description, unit="batch", leave=False):
+        STOP.check("interrupted")  # a safe point: nothing is written while predicting
         outputs.append(forward(batch["image"].to(device)).float().cpu())
         labels.append(batch["label"])
     return torch.cat(outputs), torch.cat(labels)
@@ -186,12 +188,20 @@ def evaluate_model(
         if uncertain_below is not None or card.calibration is not None:
             threshold = card.uncertain_below if uncertain_below is None else uncertain_below
             metrics["uncertain"] = coverage_at(confidence, correct, threshold).as_dict()
+            if card.parents:
+                allowed = torch.nn.functional.one_hot(labels, card.num_classes).bool()
+                metrics["backoff"] = backoff_coverage(probs, allowed, card, threshold).as_dict()
         metrics["risk_coverage"] = [p.as_dict() for p in risk_coverage(confidence, correct)]
     return metrics
 
 
 def headline(metrics: dict[str, Any]) -> str:
     """One line summarising the metrics."""
+    if "sources" in metrics:  # a sources run: top-1 accuracy on each source's test rows
+        return "; ".join(
+            f"{name} accuracy {m['accuracy']:.4f} on {m['images']} images"
+            for name, m in metrics["sources"].items()
+        )
     if metrics["task"] == "multiclass":
         return (
             f"overall accuracy {metrics['overall_accuracy']:.4f} on {metrics['num_images']} images"

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -64,6 +65,7 @@ from rsscgeo.training.config import RunConfig, SSLConfig, StageConfig, dump_conf
 from rsscgeo.training.evaluate import score
 from rsscgeo.training.features import FeatureDataset, cached_features
 from rsscgeo.training.figures import plot_confusion, plot_curves
+from rsscgeo.training.interrupt import StopAtStep, fit_or_interrupted
 from rsscgeo.training.task import SceneClassificationTask
 
 MODEL_FILE = "model.safetensors"
@@ -134,9 +136,9 @@ def _stage_record(source: RunConfig, stage: StageConfig, result: RunResult | Non
     return StageRecord(
         protocol="dapt-source",
         init=source.model.init.describe(),
-        dataset=", ".join([str(source.data.path), *map(str, stage.ssl.unlabelled_scenes)])
+        dataset=", ".join([source.data.described, *map(str, stage.ssl.unlabelled_scenes)])
         if stage.objective == "ssl"
-        else str(source.data.path),
+        else source.data.described,
         objective=objective,
         epochs=source.optim.epochs,
         metrics={k: v for k, v in metrics.items() if isinstance(v, float)},
@@ -150,6 +152,11 @@ def _run_ssl_stage(config: RunConfig, ssl: SSLConfig, *, resume: bool) -> RunRes
     from rsscgeo.training.ssl import ContrastiveTask, TwoViews, final_loss, scene_tiles
     from rsscgeo.training.ssl import view_transform as ssl_views
 
+    if config.data.path is None:
+        raise ConfigError(
+            "a self-supervised source stage reads one dataset: set source.data.path, not "
+            "source.data.sources."
+        )
     out = config.out_dir
     L.seed_everything(config.seed, workers=True, verbose=False)
     trainer = build_trainer(config)
@@ -196,6 +203,9 @@ def _run_stage(
     config: RunConfig, protocol: str, *, resume: bool, stages: Sequence[StageRecord] = ()
 ) -> RunResult | None:
     """Train, score and write one stage; ``None`` on processes other than global rank 0."""
+    if config.data.sources:
+        return _run_sources_stage(config, protocol, resume=resume, stages=stages)
+    assert config.data.path is not None
     out = config.out_dir
     L.seed_everything(config.seed, workers=True, verbose=False)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -231,6 +241,99 @@ def _run_stage(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if catalog.task == "multiclass":
         plot_confusion(out / "confusion.png", metrics["confusion_matrix"], list(catalog.classes))
+    logs = sorted(
+        (out / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:])
+    )
+    if logs:
+        plot_curves(out / "curves.png", logs)
+    return RunResult(out, model_path, metrics)
+
+
+def _run_sources_stage(
+    config: RunConfig, protocol: str, *, resume: bool, stages: Sequence[StageRecord] = ()
+) -> RunResult | None:
+    """One stage on several sources (``data.sources``) with the fast cached loop."""
+    from rsscgeo.taxonomy import load_taxonomy
+    from rsscgeo.training import multisource
+    from rsscgeo.training.sources import balanced_weights, open_source, rows, write_splits
+
+    if protocol == "linear":
+        raise ConfigError("protocol 'linear' reads one dataset (data.path), not data.sources.")
+    out, data = config.out_dir, config.data
+    assert data.taxonomy is not None
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    trainer = build_trainer(config)
+    trainer.strategy.barrier("rsscgeo-stage")
+    taxonomy = load_taxonomy(data.taxonomy)
+    sources = [open_source(source, taxonomy, config.seed) for source in data.sources]
+    names = [source.config.name for source in sources]
+    classes = len(taxonomy.leaves)
+    train = rows(sources, "train", classes, data.cache_size)
+    val = rows(sources, "val", classes, data.cache_size)
+    test = rows(sources, "test", classes, data.cache_size)
+    if _is_rank_zero(trainer):
+        out.mkdir(parents=True, exist_ok=True)
+        write_splits(out / "splits", sources)
+        (out / "config.yaml").write_text(dump_config(config))
+    task = multisource.build_task(config, names, classes)
+    train_loader, val_loader = multisource.loaders(
+        config, train, val, balanced_weights(train, [s.config.weight for s in sources])
+    )
+    _fit_loaders(config, trainer, task, train_loader, val_loader, resume=resume)
+    if not trainer.is_global_zero:
+        return None
+    network = task.model.to(trainer.strategy.root_device)
+    test_logits = multisource.predict_rows(network, test, task.augment)
+    val_logits = multisource.predict_rows(network, val, task.augment)
+    per_source = multisource.source_metrics(test_logits, test, names)
+    metrics: dict[str, Any] = {
+        "task": "multiclass",
+        "overall_accuracy": float(np.mean([m["accuracy"] for m in per_source.values()])),
+        "sources": per_source,
+        "val_sources": multisource.source_metrics(val_logits, val, names),
+        "left_out_folders": {s.config.name: list(s.left_out) for s in sources if s.left_out},
+    }
+    calibration = calibrate(
+        val_logits,
+        torch.from_numpy(val.targets),
+        config.calibration,
+        f"{len(val)} validation images of {', '.join(names)} (each source's own hold-out, "
+        f"seed {config.seed}), never trained on",
+    )
+    headline = {f"test_accuracy_{name}": m["accuracy"] for name, m in per_source.items()}
+    card = ModelCard(
+        architecture=config.model.architecture,
+        task="multiclass",
+        classes=taxonomy.classes(),
+        parents=taxonomy.parent_infos(),
+        bands=data.bands,
+        mean=config.model.mean,
+        std=config.model.std,
+        input_scale=data.input_scale,
+        patch_size=_tile_size(open_catalog(data.sources[0].path, layout=data.sources[0].layout)),
+        eval_resize=data.cache_size,
+        eval_crop=None,
+        gsd=data.gsd,
+        gsd_note=data.gsd_note,
+        calibration=calibration,
+        provenance=Provenance(
+            dataset=data.described,
+            split_file="splits/",
+            protocol=protocol,
+            init=config.model.init.describe(),
+            metrics=headline | {"overall_accuracy": metrics["overall_accuracy"]},
+            rsscgeo_version=__version__,
+            notes=f"taxonomy {data.taxonomy}; {len(train)} training images "
+            f"({', '.join(f'{s.name} weight {s.weight:g}' for s in data.sources)}); "
+            f"{config.optim.epochs} epochs at {task.augment.size} px",
+            stages=list(stages),
+        ),
+    )
+    model_path = save_model(
+        out / MODEL_FILE, network.cpu().eval(), card, half=config.half_precision_file
+    )
+    multisource.write_metrics(out / "metrics.json", metrics)
     logs = sorted(
         (out / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:])
     )
@@ -336,11 +439,17 @@ def build_trainer(config: RunConfig) -> L.Trainer:
             limit_val_batches=t.limit_val_batches,
             num_sanity_val_steps=0,
             logger=CSVLogger(config.out_dir, name="logs"),  # a version_N per (resumed) fit
-            # Only last.ckpt: the run's product is model.safetensors, checkpoints serve resuming.
+            # Only last.ckpt, rewritten at every epoch's end: the run's product is
+            # model.safetensors, checkpoints serve resuming. (save_last with save_top_k=0
+            # writes it only when the fit ends, so an interrupted run resumed nothing.)
             callbacks=[
                 ModelCheckpoint(
-                    dirpath=config.out_dir / "checkpoints", save_last=True, save_top_k=0
-                )
+                    dirpath=config.out_dir / "checkpoints",
+                    filename="last",
+                    save_top_k=1,
+                    enable_version_counter=False,
+                ),
+                StopAtStep(),
             ],
             log_every_n_steps=10,
             enable_model_summary=False,
@@ -376,14 +485,6 @@ def _fit(
     *,
     resume: bool,
 ) -> None:
-    checkpoints = config.out_dir / "checkpoints"
-    if not resume:
-        # Every process removes them so that all decide alike whether to resume; none
-        # writes a checkpoint before all have joined inside fit.
-        shutil.rmtree(checkpoints, ignore_errors=True)
-    last = checkpoints / "last.ckpt"
-    # Resuming restores optimizer, scheduler and epoch; loaded without unpickling code.
-    ckpt = str(last) if last.exists() else None
     batch = config.optim.batch_size
     workers = config.trainer.num_workers
     # Under DDP Lightning gives each process a 1/world share of the training set.
@@ -401,7 +502,34 @@ def _fit(
         if val is None
         else DataLoader(val, batch_size=batch, num_workers=workers, persistent_workers=workers > 0)
     )
-    trainer.fit(task, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
+    _fit_loaders(config, trainer, task, train_loader, val_loader, resume=resume)
+
+
+def _fit_loaders(
+    config: RunConfig,
+    trainer: L.Trainer,
+    task: L.LightningModule,
+    train: DataLoader[Any],
+    val: DataLoader[Any] | None,
+    *,
+    resume: bool,
+) -> None:
+    """Fit, resuming from the run's last checkpoint unless ``resume`` is off."""
+    last = _last_checkpoint(config)
+    if not resume:
+        # Every process removes them so that all decide alike whether to resume; none
+        # writes a checkpoint before all have joined inside fit.
+        shutil.rmtree(last.parent, ignore_errors=True)
+    # Resuming restores optimizer, scheduler and epoch; loaded without unpickling code.
+    ckpt = str(last) if last.exists() else None
+    fit_or_interrupted(
+        trainer, lambda: trainer.fit(task, train, val, ckpt_path=ckpt, weights_only=True), last
+    )
+
+
+def _last_checkpoint(config: RunConfig) -> Path:
+    """Where a run keeps the checkpoint it resumes from."""
+    return config.out_dir / "checkpoints" / "last.ckpt"
 
 
 def _fit_network(
@@ -482,7 +610,7 @@ def _card(
             gsd=config.data.gsd,
             gsd_note=config.data.gsd_note,
             provenance=Provenance(
-                dataset=str(config.data.path),
+                dataset=config.data.described,
                 split_file=os.path.relpath(split_file, config.out_dir),
                 protocol=protocol,
                 init=config.model.init.describe(),

@@ -14,7 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+from rsscgeo.hierarchy import Level, label_patches
+from rsscgeo.modelfile import ModelCard
 
 # Coverage steps of the risk-coverage curve: 5%, 10%, ..., 100%.
 CURVE_STEP = 0.05
@@ -67,6 +71,95 @@ def coverage_at(confidence: torch.Tensor, correct: torch.Tensor, threshold: floa
     n = int(committed.sum())
     accuracy = float(correct[committed].float().mean()) if n else None
     return Coverage(threshold, n / max(len(confidence), 1), n, accuracy)
+
+
+@dataclass(frozen=True)
+class BackoffCoverage:
+    """What a map with families would name, and how often rightly (see ``hierarchy``).
+
+    An image named by its class is right when the class is accepted for it; one named
+    by its family, when an accepted class belongs to that family.
+    """
+
+    threshold: float
+    images: int
+    by_class: int
+    by_family: int
+    class_accuracy: float | None  # on the images named by their class
+    family_accuracy: float | None  # on the images named by their family
+
+    @property
+    def coverage(self) -> float:
+        """Share of the images named at either level (not Uncertain)."""
+        return (self.by_class + self.by_family) / max(self.images, 1)
+
+    @property
+    def accuracy(self) -> float | None:
+        """Share of the named images named rightly, at whichever level."""
+        named = self.by_class + self.by_family
+        if not named:
+            return None
+        right = (self.class_accuracy or 0.0) * self.by_class
+        right += (self.family_accuracy or 0.0) * self.by_family
+        return right / named
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready fields, with coverage and accuracy."""
+        return asdict(self) | {"coverage": self.coverage, "accuracy": self.accuracy}
+
+    def describe(self) -> str:
+        """E.g. ``with back-off at p >= 0.70: 81.0% named (60.0% by class, ...)``."""
+
+        def share(n: int) -> str:
+            return f"{n / max(self.images, 1):.1%}"
+
+        def rate(value: float | None) -> str:
+            return "-" if value is None else f"{value:.4f}"
+
+        return (
+            f"with back-off at p >= {self.threshold:.2f}: {share(self.by_class + self.by_family)} "
+            f"named ({share(self.by_class)} by class, accuracy {rate(self.class_accuracy)}; "
+            f"{share(self.by_family)} by family, accuracy {rate(self.family_accuracy)}); "
+            f"accuracy {rate(self.accuracy)} on all named"
+        )
+
+
+def backoff_coverage(
+    probs: torch.Tensor, allowed: torch.Tensor, card: ModelCard, threshold: float
+) -> BackoffCoverage:
+    """Score what a map with families would say for calibrated ``probs`` (N x classes).
+
+    Args:
+        probs: Calibrated class probabilities.
+        allowed: N x classes, True for the classes accepted for each image.
+        card: The model card (its families).
+        threshold: The Uncertain threshold both levels are held to.
+    """
+    labels = label_patches(probs.double().numpy(), card, threshold)
+    level = torch.from_numpy(labels.level.astype(np.int64))
+    leaf = torch.from_numpy(labels.leaf.astype(np.int64))
+    parent = torch.from_numpy(labels.parent.astype(np.int64))
+    families = torch.tensor(card.parent_ids)
+    # An image's accepted families: those of its accepted classes.
+    accepted_family = torch.zeros(len(probs), len(card.parents), dtype=torch.bool)
+    rows, classes = allowed.nonzero(as_tuple=True)
+    accepted_family[rows, families[classes]] = True
+    by_class = level == Level.LEAF
+    by_family = level == Level.PARENT
+    class_right = allowed.gather(1, leaf.clamp(min=0)[:, None]).squeeze(1)
+    family_right = accepted_family.gather(1, parent.clamp(min=0)[:, None]).squeeze(1)
+
+    def mean(right: torch.Tensor, where: torch.Tensor) -> float | None:
+        return float(right[where].float().mean()) if where.any() else None
+
+    return BackoffCoverage(
+        threshold,
+        len(probs),
+        int(by_class.sum()),
+        int(by_family.sum()),
+        mean(class_right, by_class),
+        mean(family_right, by_family),
+    )
 
 
 def risk_coverage(

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Issue 18: train the three candidates of the bundled model on a GPU machine, with the
+# configs unchanged (trainer.accelerator auto picks the GPU; bf16-mixed runs there too;
+# the batched augmentation runs on the GPU). Expected: about 10 minutes in all on one
+# H200 (the cache decodes ~15,000 tiles once with every core, then each epoch is a few
+# seconds). Needs ../shared/data beside the checkout, as the configs say.
+#   bash benchmarks/gpu_train_candidates.sh [OUT_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-runs/gpu}
+for candidate in joint aid_only dapt; do
+    start=$(date +%s)
+    .venv/bin/rsscgeo train --config "configs/land_use_33/$candidate.yaml" \
+        --out-dir "$out/$candidate" --set trainer.num_workers=0
+    echo "$candidate: $(( $(date +%s) - start )) s"
+done

@@ -1,0 +1,145 @@
+"""Score the issue-18 candidate models the same way and draw each one's demo map.
+
+For every model given (default: the three candidates under ``runs/land_use_33/`` that
+exist, and the bundled model as it was before):
+
+* AID held-out: the test rows of the bundled split (``rsscgeo evaluate --split``);
+* NWPU12 test: its publisher's test rows, through the training class map;
+* UC Merced: all 900 mapped images through ``configs/class_maps/ucm10_to_aid.yaml``
+  (never trained on);
+* with back-off at the card's threshold: coverage and accuracy at class or family level
+  on each of those;
+* the demo scene: the share of patches named (by class or family) and the Pond share,
+  and a picture (``classify --preview``).
+
+No test-time augmentation anywhere (classify's default). Writes ``results.json``,
+``results.md`` and ``<candidate>_map.png`` next to this script.
+
+    .venv/bin/python examples/land_use_33/compare.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+DATA = ROOT.parent / "shared" / "data"
+BIN = Path(sys.executable).parent
+SCENE = ROOT / "examples" / "scenes" / "naip_2020_rgbn.tif"
+CANDIDATES = {
+    "joint (a)": ROOT / "runs/land_use_33/joint/model.safetensors",
+    "dapt (b)": ROOT / "runs/land_use_33/dapt/target/model.safetensors",
+    "aid_only (c)": ROOT / "runs/land_use_33/aid_only/model.safetensors",
+    "bundled before": ROOT / "examples/models/aid_efficientnet_lite0/model.safetensors",
+}
+
+
+def evaluate(model: Path, *args: str) -> dict[str, Any]:
+    """``rsscgeo evaluate`` without TTA; its JSON metrics."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "m.json"
+        command = [str(BIN / "rsscgeo"), "evaluate", str(model), *args, "--no-tta", "--json", str(out)]
+        subprocess.run(command, check=True, capture_output=True)
+        metrics: dict[str, Any] = json.loads(out.read_text())
+    return metrics
+
+
+def demo(model: Path, name: str) -> dict[str, float]:
+    """Classify the demo scene as ``make demo`` does; the map's shares and a picture."""
+    picture = HERE / f"{name.split()[0]}_map.png"
+    with tempfile.TemporaryDirectory() as folder:
+        gpkg, tif = Path(folder) / "demo.gpkg", Path(folder) / "demo.tif"
+        subprocess.run(
+            [str(BIN / "rsscgeo"), "classify", str(SCENE), "--model", str(model), "--out",
+             str(gpkg), "--out", str(tif), "--preview", str(picture), "--overwrite"],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        frame = gpd.read_file(gpkg, layer="demo")
+    said = frame["class_name"]
+    level = frame["level"] if "level" in frame else None
+    named = (said != "Uncertain").mean()
+    return {
+        "named": float(named),
+        "by_family": float((level == "parent").mean()) if level is not None else 0.0,
+        "pond": float((said == "Pond").mean()),
+        "top": ", ".join(f"{k} {v / len(said):.0%}" for k, v in said.value_counts().head(5).items()),
+    }
+
+
+def score(model: Path, name: str) -> dict[str, Any]:
+    """Every figure of one model."""
+    aid = evaluate(model, str(DATA / "aid150"), "--split", str(ROOT / "examples/models/aid_efficientnet_lite0/split.csv"))
+    nwpu = evaluate(
+        model,
+        str(DATA / "nwpu12"),
+        "--class-map",
+        str(ROOT / "configs/class_maps/nwpu12_to_land_use_33.yaml"),
+        "--split",
+        str(DATA / "nwpu12/splits.csv"),
+    ) if "before" not in name else None
+    ucm = evaluate(model, str(DATA / "ucm10"), "--class-map", str(ROOT / "configs/class_maps/ucm10_to_aid.yaml"))
+    return {
+        "model": str(model.relative_to(ROOT)),
+        "aid_heldout": aid["overall_accuracy"],
+        "aid_backoff": aid.get("backoff"),
+        "nwpu12_test": nwpu["accuracy"] if nwpu else None,
+        "nwpu12_backoff": nwpu.get("backoff") if nwpu else None,
+        "ucm10": ucm["accuracy"],
+        "ucm10_uncertain": ucm["uncertain"],
+        "ucm10_backoff": ucm.get("backoff"),
+        "demo": demo(model, name),
+    }
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    """The results as a Markdown table."""
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    def backoff(b: dict[str, Any] | None) -> str:
+        return "-" if not b else f"{pct(b['coverage'])} / {pct(b['accuracy'])}"
+
+    lines = [
+        "| candidate | AID held-out | NWPU12 test | UC Merced | UCM back-off coverage / accuracy "
+        "| AID back-off | demo: named / by family / Pond | demo's largest |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        d = r["demo"]
+        lines.append(
+            f"| {name} | {pct(r['aid_heldout'])} | {pct(r['nwpu12_test'])} | {pct(r['ucm10'])} "
+            f"| {backoff(r['ucm10_backoff'])} | {backoff(r['aid_backoff'])} "
+            f"| {d['named']:.0%} / {d['by_family']:.0%} / {d['pond']:.0%} | {d['top']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="*", help="name=path pairs [default: the candidates]")
+    args = parser.parse_args()
+    chosen = dict(m.split("=", 1) for m in args.models) if args.models else CANDIDATES
+    results = {}
+    for name, path in chosen.items():
+        path = Path(path)
+        if path.is_file():
+            print(f"scoring {name}: {path}", flush=True)
+            results[name] = score(path, name)
+    (HERE / "results.json").write_text(json.dumps(results, indent=2))
+    (HERE / "results.md").write_text(table(results))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -85,8 +85,8 @@ from classify_throughput import (
     torchgeo_loop,
 )
 
-from rsscgeo.modelfile import BUNDLED_MODEL, LoadedModel, read_card
 from rsscgeo.hierarchy import CLASS_NODATA, UNCERTAIN_VALUE
+from rsscgeo.modelfile import BUNDLED_MODEL, LoadedModel, read_card
 
 ROOT = Path(__file__).resolve().parents[1]
 AID = ROOT.parent / "shared" / "data" / "aid150"

@@ -72,8 +72,8 @@ from rasterio.windows import Window
 
 from rsscgeo.backends import Backend, OnnxNetwork, choose_backend, model_device
 from rsscgeo.errors import ModelFileError
-from rsscgeo.modelfile import BUNDLED_MODEL, LoadedModel, load_model, read_card
 from rsscgeo.hierarchy import CLASS_NODATA
+from rsscgeo.modelfile import BUNDLED_MODEL, LoadedModel, load_model, read_card
 
 PIXEL_SIZE = 2.0
 CRS = "EPSG:32633"

@@ -47,7 +47,15 @@ def evaluate(model: Path, *args: str) -> dict[str, Any]:
     """``rsscgeo evaluate`` without TTA; its JSON metrics."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "m.json"
-        command = [str(BIN / "rsscgeo"), "evaluate", str(model), *args, "--no-tta", "--json", str(out)]
+        command = [
+            str(BIN / "rsscgeo"),
+            "evaluate",
+            str(model),
+            *args,
+            "--no-tta",
+            "--json",
+            str(out),
+        ]
         subprocess.run(command, check=True, capture_output=True)
         metrics: dict[str, Any] = json.loads(out.read_text())
     return metrics
@@ -66,28 +74,44 @@ def demo(model: Path, name: str) -> dict[str, float]:
         )  # fmt: skip
         frame = gpd.read_file(gpkg, layer="demo")
     said = frame["class_name"]
-    level = frame["level"] if "level" in frame else None
+    level = frame.get("level")
     named = (said != "Uncertain").mean()
     return {
         "named": float(named),
         "by_family": float((level == "parent").mean()) if level is not None else 0.0,
         "pond": float((said == "Pond").mean()),
-        "top": ", ".join(f"{k} {v / len(said):.0%}" for k, v in said.value_counts().head(5).items()),
+        "top": ", ".join(
+            f"{k} {v / len(said):.0%}" for k, v in said.value_counts().head(5).items()
+        ),
     }
 
 
 def score(model: Path, name: str) -> dict[str, Any]:
     """Every figure of one model."""
-    aid = evaluate(model, str(DATA / "aid150"), "--split", str(ROOT / "examples/models/aid_efficientnet_lite0/split.csv"))
-    nwpu = evaluate(
+    aid = evaluate(
         model,
-        str(DATA / "nwpu12"),
-        "--class-map",
-        str(ROOT / "configs/class_maps/nwpu12_to_land_use_33.yaml"),
+        str(DATA / "aid150"),
         "--split",
-        str(DATA / "nwpu12/splits.csv"),
-    ) if "before" not in name else None
-    ucm = evaluate(model, str(DATA / "ucm10"), "--class-map", str(ROOT / "configs/class_maps/ucm10_to_aid.yaml"))
+        str(ROOT / "examples/models/aid_efficientnet_lite0/split.csv"),
+    )
+    nwpu = (
+        evaluate(
+            model,
+            str(DATA / "nwpu12"),
+            "--class-map",
+            str(ROOT / "configs/class_maps/nwpu12_to_land_use_33.yaml"),
+            "--split",
+            str(DATA / "nwpu12/splits.csv"),
+        )
+        if "before" not in name
+        else None
+    )
+    ucm = evaluate(
+        model,
+        str(DATA / "ucm10"),
+        "--class-map",
+        str(ROOT / "configs/class_maps/ucm10_to_aid.yaml"),
+    )
     return {
         "model": str(model.relative_to(ROOT)),
         "aid_heldout": aid["overall_accuracy"],
@@ -126,6 +150,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def main() -> None:
+    """Score the models given (or the candidates) and write the tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="*", help="name=path pairs [default: the candidates]")
     args = parser.parse_args()

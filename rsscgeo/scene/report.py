@@ -197,7 +197,7 @@ def _area_table(rows: Sequence[ClassArea], colors: dict[str, str]) -> str:
     total_patches = sum(a.patches for a in rows)
     return (
         '<table class="areas"><thead><tr><th>class</th><th>patches</th><th>area (ha)</th>'
-        "<th>area (m²)</th><th>% of classified area</th><th>mean top-1 probability</th>"
+        "<th>area (m²)</th><th>% of classified area</th><th>mean probability of the name</th>"
         f"</tr></thead><tbody>{body}</tbody><tfoot><tr><th>total</th><th>{total_patches}"
         f"</th><th>{total_ha:.2f}</th><th>{total_ha * 1e4:.0f}</th><th></th><th></th></tr>"
         "</tfoot></table>"

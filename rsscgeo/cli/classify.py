@@ -107,7 +107,6 @@ def classify(
     loaded = load_model(model or BUNDLED_MODEL)
     plans: list[ScenePlan] = []
     for job_scenes, job_outputs in jobs:
-        STOP.check()
         if len(jobs) > 1:
             click.echo(f"{job_scenes[0]}:", err=True)
         # Later jobs reuse the model as the first plan runs it (one ONNX session).

@@ -67,9 +67,8 @@ class LazyGroup(click.Group):
     def resolve_command(
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
-        """Import the command, honour a stop that came meanwhile, and set its signals."""
+        """Import the command and set its signal handling."""
         name, command, rest = super().resolve_command(ctx, args)
-        STOP.check()
         if name not in COOPERATIVE:
             interrupt_on_stop_signals()
         return name, command, rest

@@ -123,3 +123,34 @@ def read_split(path: Path, catalog: Catalog, which: str) -> Catalog:
             f"(e.g. {sorted(missing)[0]}); pass the dataset the split was made from."
         )
     return catalog.subset({known[p] for p in wanted})
+
+
+def split_catalog(
+    catalog: Catalog,
+    *,
+    split_file: Path | None,
+    train_fraction: float,
+    val_fraction: float,
+    seed: int,
+) -> Split:
+    """The split a run trains on.
+
+    ``split_file``'s rows, or a seeded stratified split; then ``val_fraction`` of the
+    training rows is held out when the split has no ``val`` rows.
+
+    Raises:
+        DatasetError: If the split file is unreadable or names images not in ``catalog``.
+    """
+    if split_file is None:
+        split = stratified_split(catalog, train_fraction, seed)
+    else:
+        split = Split(
+            read_split(split_file, catalog, "train"),
+            read_split(split_file, catalog, "test"),
+            val=read_split(split_file, catalog, "val")
+            if "val" in split_names(split_file)
+            else None,
+        )
+    if split.val is None and val_fraction > 0:
+        split = hold_out_validation(split, val_fraction, seed)
+    return split

@@ -39,14 +39,7 @@ from rsscgeo.colors import class_colors
 from rsscgeo.data.catalog import Catalog
 from rsscgeo.data.images import check_images
 from rsscgeo.data.layouts import open_catalog
-from rsscgeo.data.splits import (
-    Split,
-    hold_out_validation,
-    read_split,
-    split_names,
-    stratified_split,
-    write_split,
-)
+from rsscgeo.data.splits import Split, split_catalog, write_split
 from rsscgeo.data.torch_dataset import TileDataset
 from rsscgeo.data.transforms import build_transform
 from rsscgeo.errors import ConfigError
@@ -311,7 +304,7 @@ def _run_sources_stage(
         mean=config.model.mean,
         std=config.model.std,
         input_scale=data.input_scale,
-        patch_size=_tile_size(open_catalog(data.sources[0].path, layout=data.sources[0].layout)),
+        patch_size=_tile_size(sources[0].split.train),
         eval_resize=data.cache_size,
         eval_crop=None,
         gsd=data.gsd,
@@ -373,21 +366,13 @@ def _tiles(config: RunConfig, catalog: Catalog, *, train: bool) -> TileDataset:
 
 def _split(config: RunConfig, catalog: Catalog) -> Split:
     data = config.data
-    if data.split_file is None:
-        split = stratified_split(catalog, data.train_fraction, config.seed)
-    else:
-        split = Split(
-            read_split(data.split_file, catalog, "train"),
-            read_split(data.split_file, catalog, "test"),
-            val=(
-                read_split(data.split_file, catalog, "val")
-                if "val" in split_names(data.split_file)
-                else None
-            ),
-        )
-    if split.val is None and data.val_fraction > 0:
-        split = hold_out_validation(split, data.val_fraction, config.seed)
-    return split
+    return split_catalog(
+        catalog,
+        split_file=data.split_file,
+        train_fraction=data.train_fraction,
+        val_fraction=data.val_fraction,
+        seed=config.seed,
+    )
 
 
 def build_task(config: RunConfig, catalog: Catalog, **extra: Any) -> SceneClassificationTask:

@@ -23,19 +23,11 @@ from rsscgeo.data.cache import cached_tiles
 from rsscgeo.data.catalog import Catalog
 from rsscgeo.data.classmap import check_folders, did_you_mean, load_class_map
 from rsscgeo.data.layouts import open_catalog
-from rsscgeo.data.splits import (
-    Split,
-    hold_out_validation,
-    read_split,
-    split_names,
-    stratified_split,
-    write_split,
-)
+from rsscgeo.data.splits import Split, split_catalog, write_split
 from rsscgeo.errors import ConfigError, DatasetError
 from rsscgeo.taxonomy import Taxonomy
 from rsscgeo.training.config import SourceConfig
 
-PARTS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -138,22 +130,14 @@ def open_source(config: SourceConfig, taxonomy: Taxonomy, seed: int) -> SourceDa
         "multiclass",
         tuple(item for item in catalog.items if item.labels[0] in kept),
     )
-    return SourceData(config, _split(config, mapped, seed), tuple(allowed), left_out)
-
-
-def _split(config: SourceConfig, catalog: Catalog, seed: int) -> Split:
-    if config.split_file is None:
-        split = stratified_split(catalog, config.train_fraction, seed)
-    else:
-        known = split_names(config.split_file)
-        split = Split(
-            read_split(config.split_file, catalog, "train"),
-            read_split(config.split_file, catalog, "test"),
-            val=read_split(config.split_file, catalog, "val") if "val" in known else None,
-        )
-    if split.val is None and config.val_fraction > 0:
-        split = hold_out_validation(split, config.val_fraction, seed)
-    return split
+    split = split_catalog(
+        mapped,
+        split_file=config.split_file,
+        train_fraction=config.train_fraction,
+        val_fraction=config.val_fraction,
+        seed=seed,
+    )
+    return SourceData(config, split, tuple(allowed), left_out)
 
 
 def rows(sources: Sequence[SourceData], part: str, classes: int, side: int) -> Rows:

@@ -29,7 +29,6 @@ from rsscgeo.taxonomy import Taxonomy
 from rsscgeo.training.config import SourceConfig
 
 
-
 @dataclass(frozen=True)
 class SourceData:
     """One source, mapped and split.

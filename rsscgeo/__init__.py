@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from rsscgeo.adapt.labels import read_label_rows
+    from rsscgeo.adapt.run import AdaptOptions, AdaptSummary, adapt_model
     from rsscgeo.errors import RsscgeoError
     from rsscgeo.modelfile import LoadedModel, ModelCard, load_model, save_model
     from rsscgeo.scene.change import ChangeSummary, classify_change, plan_change, run_change
@@ -47,8 +49,14 @@ _EXPORTS = {
     "ChangeSummary": "rsscgeo.scene.change",
     "SceneSource": "rsscgeo.sources",
     "scene_source": "rsscgeo.sources",
+    "AdaptOptions": "rsscgeo.adapt.run",
+    "AdaptSummary": "rsscgeo.adapt.run",
+    "adapt_model": "rsscgeo.adapt.run",
+    "read_label_rows": "rsscgeo.adapt.labels",
 }
 __all__ = [
+    "AdaptOptions",
+    "AdaptSummary",
     "ChangeSummary",
     "ClassifyOptions",
     "ClassifyOutputs",
@@ -60,6 +68,7 @@ __all__ = [
     "ScenePlan",
     "SceneSource",
     "__version__",
+    "adapt_model",
     "classify_change",
     "classify_scene",
     "load_model",
@@ -67,6 +76,7 @@ __all__ = [
     "patch_dataset",
     "plan_change",
     "plan_scene",
+    "read_label_rows",
     "run_change",
     "run_plan",
     "save_model",

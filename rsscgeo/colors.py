@@ -47,3 +47,9 @@ def family_shades(color: str, count: int) -> list[str]:
     hue, _, saturation = colorsys.rgb_to_hls(*mcolors.to_rgb(color))
     lightness = [0.25 + (0.78 - 0.25) * i / (count - 1) for i in range(count)]
     return [mcolors.to_hex(colorsys.hls_to_rgb(hue, value, saturation)) for value in lightness]
+
+
+def spare_color(used: list[str]) -> str:
+    """The first palette colour not in ``used`` (the palette's first if all are)."""
+    taken = {mcolors.to_hex(c) for c in used}
+    return next((c for c in _PALETTE if c not in taken), _PALETTE[0])

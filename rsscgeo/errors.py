@@ -62,6 +62,10 @@ class SceneError(RsscgeoError, ValueError):
     """A raster scene cannot be used (not a raster, no CRS, bad bands, ...)."""
 
 
+class LabelsError(RsscgeoError, ValueError):
+    """A file of labels for ``adapt`` cannot be used (not vector data, no labelled rows, ...)."""
+
+
 class OptionError(RsscgeoError, ValueError):
     """An option has a value no run can use."""
 

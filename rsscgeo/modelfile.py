@@ -79,7 +79,7 @@ class StageRecord(BaseModel):
     init: str
     dataset: str
     objective: str
-    epochs: int
+    epochs: int | None = Field(default=None, description="None: not recorded.")
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
@@ -101,6 +101,24 @@ class Provenance(BaseModel):
     stages: list[StageRecord] = Field(
         default_factory=list, description="Earlier stages of the chain, first stage first."
     )
+
+
+class Adaptation(BaseModel):
+    """How a model was adapted to a user's scenes and labels (``rsscgeo adapt``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_model: str = Field(description="The base model's file name.")
+    base_identity: str = Field(description="The base model's content identity (SHA-256).")
+    scenes: list[str]
+    labels_file: str
+    labels_sha256: str = Field(description="Hash of the labelled patches (scene, row, col).")
+    label_counts: dict[str, int] = Field(description="Labelled patches per name.")
+    new_classes: list[str] = Field(default_factory=list)
+    only_labelled_classes: bool = False
+    adapted_blocks: int = Field(ge=0, description="Network stages fine-tuned (0: classifier).")
+    distilled_patches: int = Field(ge=0, description="Unlabelled patches the base taught.")
+    cross_validation: dict[str, float] = Field(default_factory=dict)
 
 
 class Calibration(BaseModel):
@@ -150,6 +168,7 @@ class ModelCard(BaseModel):
     thresholds: list[float] | None = None
     calibration: Calibration | None = None
     provenance: Provenance
+    adaptation: Adaptation | None = None
 
     @property
     def class_names(self) -> list[str]:

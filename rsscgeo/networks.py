@@ -28,6 +28,9 @@ class TimmNetwork(Protocol):
     def get_classifier(self) -> torch.nn.Module:
         """The final classification layer."""
 
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classification layer by a new one with ``num_classes`` outputs."""
+
 
 def as_timm(network: torch.nn.Module) -> TimmNetwork:
     """View a timm model through its typed interface."""

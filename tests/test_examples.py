@@ -109,6 +109,13 @@ NOTEBOOK_STATE = {
         "polygons": len(labels),
         "crs": labels.crs.to_string(),
     }""",
+    "adapt.ipynb": """{
+        "before": accuracy_before,
+        "after": accuracy_after,
+        "suggested": summary.suggested,
+        "labelled": sum(result.labelled.values()),
+        "adapted": str(adapted),
+    }""",
     "transfer_study.ipynb": """{
         "runs": list(table.index),
         "means": [float(x) for x in table["mean"]],
@@ -271,3 +278,9 @@ def test_notebook_runs_top_to_bottom(name: str, repo_root: Path, tmp_path: Path)
         _check_quickstart(probe["state"], cells, tmp)
     elif name == "transfer_study.ipynb":
         _check_transfer_study(probe["state"], cells, repo_root / "examples" / "transfer_study")
+    elif name == "adapt.ipynb":
+        state = probe["state"]
+        # 30 suggestions labelled from the truth; the map of the rest got better.
+        assert state["suggested"] == state["labelled"] == 30
+        assert Path(state["adapted"]).is_file() and tmp in Path(state["adapted"]).parents
+        assert state["after"] > state["before"] + 0.1, state

@@ -16,11 +16,21 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rsscgeo"
 # Layers from the bottom up; a module may import only from its own layer or below.
 # Within the scene package the order is stricter (see SCENE_ORDER).
 LAYERS = [
-    {"errors", "_buffers", "colors", "yamlfile", "outputs", "stopping", "cachedir"},
+    {
+        "errors",
+        "_buffers",
+        "colors",
+        "yamlfile",
+        "outputs",
+        "stopping",
+        "cachedir",
+        "progress",
+        "qgis_plugin",
+    },
     {"networks", "data", "sources", "stac", "rasterfile", "_torchgeo"},
     {"modelfile"},
     {"inits", "predict", "backends", "taxonomy", "hierarchy", "scene", "training"},
-    {"experiments"},
+    {"adapt", "experiments"},
     {"cli"},
 ]
 # The scene package bottom-up: options and geometry; reading and inference; the
@@ -30,7 +40,8 @@ SCENE_ORDER = [
     {"inference", "reader"},
     {"legend", "tasks", "journal"},
     {"plan", "style", "preview"},
-    {"engine", "writers", "areas"},
+    {"engine", "writers", "areas", "patches"},
+    {"suggest"},
     {"classify", "results", "change"},
     {"report"},
 ]

@@ -305,3 +305,39 @@ def test_a_two_source_run_trains_writes_a_hierarchical_card_and_resumes(
     assert again.exit_code == 0, again.output
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True, map_location="cpu")["epoch"] == 1
+
+
+def test_the_blur_softens_an_edge_by_its_gaussian_and_keeps_the_rest() -> None:
+    tiles = torch.zeros((6, 1, 16, 16), dtype=torch.uint8)
+    tiles[:, :, :, 8:] = 255  # a vertical edge
+    # Whole tiles, no turn and no stretch: only the blur changes them.
+    same = {"size": 16, "mean": (0,), "std": (1,), "dihedral": False, "ratio": (1.0, 1.0)}
+    blurred = BatchAugment(**same, blur=1.0, blur_sigma=(1.0, 1.0)).train(
+        tiles, torch.Generator().manual_seed(0)
+    )
+    # Across the edge each row is the step convolved with a unit Gaussian (erf), by hand.
+    x = torch.arange(16, dtype=torch.float64) - 7.5
+    expected = 0.5 * (1 + torch.erf(x / math.sqrt(2)))
+    row = blurred[0, 0, 8].double()
+    assert torch.allclose(row[4:12], expected[4:12], atol=0.02), row
+    assert torch.equal(blurred[:, :, 0], blurred[:, :, 15])  # each row alike: no vertical change
+    never = BatchAugment(**same, blur=0.0)
+    torch.testing.assert_close(never.train(tiles, torch.Generator()), tiles.float() / 255)
+
+
+def test_a_run_started_from_an_rsscgeo_model_records_that_models_stages() -> None:
+    from rsscgeo.inits import InitSpec
+    from rsscgeo.modelfile import read_card
+    from rsscgeo.training.run import _init_stages
+
+    flat = Path(__file__).resolve().parents[1] / "examples/models/aid_efficientnet_lite0"
+    model = flat / "model.safetensors"
+    provenance = read_card(model).provenance
+    [stage] = _init_stages(InitSpec(kind="rsscgeo", path=model))
+    assert (stage.protocol, stage.init, stage.dataset) == (
+        provenance.protocol,
+        provenance.init,
+        provenance.dataset,
+    )
+    assert stage.metrics == provenance.metrics and str(model) in stage.objective
+    assert _init_stages(InitSpec(kind="imagenet-offline")) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import geopandas as gpd
@@ -170,3 +171,43 @@ def test_families_are_categories_in_their_colours_in_qgis(
     assert report["raster_values"][families] == values
     assert report["raster_labels"][families] == card.parent_names
     assert report["raster_colors"][families] == [p.color for p in card.parents]
+
+
+def test_suggested_patches_are_labelled_in_qgis_and_adapted_on(
+    tmp_path: Path, run_cli, pyqgis: None, repo_root: Path
+) -> None:
+    scene = repo_root / "examples" / "scenes" / "naip_2020_rgbn.tif"
+    gpkg = tmp_path / "map.gpkg"
+    result = run_cli("classify", scene, "--out", gpkg, "--suggest", "12")
+    assert result.exit_code == 0, result.output
+    picks = gpd.read_file(gpkg, layer="to_label", fid_as_index=True)
+    card = load_model(BUNDLED_MODEL).card
+    # Label most as the model guessed, two as a class it lacks; leave one empty.
+    wanted = {int(fid): name for fid, name in picks["predicted"].items()}
+    for fid in list(wanted)[:2]:
+        wanted[fid] = "Vineyard"
+    del wanted[list(wanted)[-1]]
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_RUNTIME_DIR": str(tmp_path)}
+    probe = subprocess.run(
+        [SYSTEM_PYTHON, str(PROBE.with_name("qgis_label_probe.py")), str(gpkg), json.dumps(wanted)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert probe.returncode == 0, probe.stderr
+    report = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert report["valid"] and report["features"] == 12
+    assert report["renderer"] == "RuleRenderer" and report["labels_enabled"]
+    assert report["widget"] == "ValueMap"
+    assert set(card.class_names + card.parent_names) <= set(report["choices"])
+    assert report["committed"], report["errors"]
+    labelled = gpd.read_file(gpkg, layer="to_label", fid_as_index=True)["label"]
+    assert labelled.dropna().to_dict() == wanted
+    out = tmp_path / "adapted.safetensors"
+    result = run_cli("adapt", BUNDLED_MODEL, scene, "--labels", gpkg, "--out", out)
+    assert result.exit_code == 0, result.output
+    adaptation = load_model(out).card.adaptation
+    assert adaptation is not None
+    assert adaptation.label_counts == dict(Counter(wanted.values()))
+    assert adaptation.new_classes == ["Vineyard"]

@@ -4,6 +4,9 @@ For every model given (default: the three candidates under ``runs/land_use_33/``
 exist, and the bundled model as it was before):
 
 * AID held-out: the test rows of the bundled split (``rsscgeo evaluate --split``);
+* the same held-out tiles laid out as one georeferenced mosaic (one tile per patch,
+  ``benchmarks/aid_mosaic.py``'s layout) through ``rsscgeo classify``: top-1 of the
+  probability bands, and the class band's Uncertain share;
 * NWPU12 test: its publisher's test rows, through the training class map;
 * UC Merced: all 900 mapped images through ``configs/class_maps/ucm10_to_aid.yaml``
   (never trained on);
@@ -31,6 +34,9 @@ from typing import Any
 import geopandas as gpd
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from aid_mosaic import Mosaic, aid_tiles, map_check, write_mosaic  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 DATA = ROOT.parent / "shared" / "data"
 BIN = Path(sys.executable).parent
@@ -86,7 +92,34 @@ def demo(model: Path, name: str) -> dict[str, float]:
     }
 
 
-def score(model: Path, name: str) -> dict[str, Any]:
+def heldout_mosaic(folder: Path) -> Mosaic:
+    """The AID held-out tiles (the bundled split's test rows) as one mosaic, seeded order."""
+    from rsscgeo.modelfile import read_card
+
+    names = [c.name for c in read_card(CANDIDATES["bundled before"]).classes]
+    split = ROOT / "examples/models/aid_efficientnet_lite0/split.csv"
+    tiles = aid_tiles(DATA / "aid150", names, split)
+    test = [t for t in tiles if t.split == "test"]
+    return write_mosaic(folder / "aid_heldout.tif", test, len(test), seed=0)
+
+
+def mosaic_check(model: Path, mosaic: Mosaic) -> dict[str, float]:
+    """``rsscgeo classify`` (defaults, no TTA) on the held-out mosaic, checked per tile.
+
+    Tile labels are AID class indices; the candidates list AID's 30 classes first, in
+    the same order, so the indices agree.
+    """
+    out = mosaic.path.with_name("map.tif")
+    subprocess.run(
+        [str(BIN / "rsscgeo"), "classify", str(mosaic.path), "--model", str(model), "--out",
+         str(out), "--probabilities", "--overwrite"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return map_check(out, mosaic)
+
+
+def score(model: Path, name: str, mosaic: Mosaic) -> dict[str, Any]:
     """Every figure of one model."""
     aid = evaluate(
         model,
@@ -116,6 +149,7 @@ def score(model: Path, name: str) -> dict[str, Any]:
         "model": str(model.relative_to(ROOT)),
         "aid_heldout": aid["overall_accuracy"],
         "aid_backoff": aid.get("backoff"),
+        "aid_mosaic": mosaic_check(model, mosaic),
         "nwpu12_test": nwpu["accuracy"] if nwpu else None,
         "nwpu12_backoff": nwpu.get("backoff") if nwpu else None,
         "ucm10": ucm["accuracy"],
@@ -135,14 +169,16 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         return "-" if not b else f"{pct(b['coverage'])} / {pct(b['accuracy'])}"
 
     lines = [
-        "| candidate | AID held-out | NWPU12 test | UC Merced | UCM back-off coverage / accuracy "
-        "| AID back-off | demo: named / by family / Pond | demo's largest |",
-        "|---|---|---|---|---|---|---|---|",
+        "| candidate | AID held-out | AID held-out mosaic: top-1 / Uncertain | NWPU12 test "
+        "| UC Merced | UCM back-off coverage / accuracy | AID back-off "
+        "| demo: named / by family / Pond | demo's largest |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
-        d = r["demo"]
+        d, m = r["demo"], r["aid_mosaic"]
         lines.append(
-            f"| {name} | {pct(r['aid_heldout'])} | {pct(r['nwpu12_test'])} | {pct(r['ucm10'])} "
+            f"| {name} | {pct(r['aid_heldout'])} | {m['top1']:.3f} / {m['uncertain']:.1%} "
+            f"| {pct(r['nwpu12_test'])} | {pct(r['ucm10'])} "
             f"| {backoff(r['ucm10_backoff'])} | {backoff(r['aid_backoff'])} "
             f"| {d['named']:.0%} / {d['by_family']:.0%} / {d['pond']:.0%} | {d['top']} |"
         )
@@ -156,11 +192,13 @@ def main() -> None:
     args = parser.parse_args()
     chosen = dict(m.split("=", 1) for m in args.models) if args.models else CANDIDATES
     results = {}
-    for name, path in chosen.items():
-        path = Path(path)
-        if path.is_file():
-            print(f"scoring {name}: {path}", flush=True)
-            results[name] = score(path, name)
+    with tempfile.TemporaryDirectory() as folder:
+        mosaic = heldout_mosaic(Path(folder))
+        for name, path in chosen.items():
+            path = Path(path).resolve()
+            if path.is_file():
+                print(f"scoring {name}: {path}", flush=True)
+                results[name] = score(path, name, mosaic)
     (HERE / "results.json").write_text(json.dumps(results, indent=2))
     (HERE / "results.md").write_text(table(results))
     print(table(results))

@@ -7,7 +7,7 @@ started or reached, so bad input fails in one line before anything starts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -65,6 +65,22 @@ Job = tuple[list["SceneSource"], "ClassifyOutputs"]
     help="Also write a self-contained HTML report (map, areas, settings) of the run.",
 )
 @click.option(
+    "--suggest",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="Add a layer to_label of N patches worth labelling (uncertain, diverse) to the "
+    ".gpkg output; label them in QGIS, then run rsscgeo adapt.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="With --suggest: breaks ties between equally uncertain patches.",
+)
+@click.option(
     "--overwrite",
     is_flag=True,
     help="Replace existing outputs (and start over if a journal belongs to another run).",
@@ -84,6 +100,8 @@ def classify(
     engine: EngineChoice,
     preview: Path | None,
     report: Path | None,
+    suggest: int,
+    seed: int,
     overwrite: bool,
     resume: bool,
 ) -> None:
@@ -93,13 +111,15 @@ def classify(
     path, or a STAC item (.json file or URL). With --out the SCENES form one mosaic;
     with --out-dir each is classified on its own. Every run also writes the area per
     class to <first output stem>.areas.csv. Ctrl-C or SIGTERM stops the run, keeping
-    its journal: rerun with --resume.
+    its journal: rerun with --resume. With --suggest N the GeoPackage also gets a layer
+    to_label of N patches worth labelling for rsscgeo adapt.
     """
     from rsscgeo.modelfile import BUNDLED_MODEL, load_model
     from rsscgeo.scene.classify import run_plan
     from rsscgeo.scene.plan import plan_scene
 
-    jobs = _jobs(list(scenes), outputs, out_dir, formats, overwrite=overwrite, resume=resume)
+    kept = {"overwrite": overwrite, "resume": resume, "suggest": suggest, "seed": seed}
+    jobs = _jobs(list(scenes), outputs, out_dir, formats, kept)
     if preview is not None:
         _check_preview(preview, jobs)
     if report is not None:
@@ -175,11 +195,12 @@ def _jobs(
     outputs: tuple[Path, ...],
     out_dir: Path | None,
     formats: tuple[str, ...],
-    *,
-    overwrite: bool,
-    resume: bool,
+    settings: dict[str, Any],
 ) -> list[Job]:
-    """One mosaic for --out, one job per scene for --out-dir."""
+    """One mosaic for --out, one job per scene for --out-dir.
+
+    ``settings`` are ``ClassifyOutputs``' keywords besides the paths (same for every job).
+    """
     from rsscgeo.errors import OptionError
     from rsscgeo.scene.options import ClassifyOutputs
     from rsscgeo.sources import scene_source
@@ -193,7 +214,7 @@ def _jobs(
     if formats and out_dir is None:
         raise OptionError("--format goes with --out-dir; with --out the suffix picks the format.")
     if out_dir is None:
-        return [(scenes, ClassifyOutputs.from_paths(outputs, overwrite=overwrite, resume=resume))]
+        return [(scenes, ClassifyOutputs.from_paths(outputs, **settings))]
     if not out_dir.is_dir():
         state = "is a file, not a folder" if out_dir.exists() else "does not exist"
         raise OptionError(f"--out-dir {out_dir} {state}; create the folder first.")
@@ -209,9 +230,7 @@ def _jobs(
         (
             [scene],
             ClassifyOutputs.from_paths(
-                [out_dir / f"{scene.stem}{suffix}" for suffix in suffixes],
-                overwrite=overwrite,
-                resume=resume,
+                [out_dir / f"{scene.stem}{suffix}" for suffix in suffixes], **settings
             ),
         )
         for scene in scenes
@@ -257,5 +276,10 @@ def _report(summary: ClassifySummary, min_valid: float) -> None:
     )
     if top:
         click.echo(f"most frequent classes: {top}")
+    if summary.suggested:
+        click.echo(
+            f"suggested {summary.suggested} patches to label: layer to_label of the .gpkg "
+            "(fill its label field in QGIS, then run rsscgeo adapt)"
+        )
     for path in summary.outputs:
         click.echo(f"wrote {path}")

@@ -28,6 +28,7 @@ import click
 
 from rsscgeo import __version__
 from rsscgeo.errors import RsscgeoError, RunInterrupted
+from rsscgeo.progress import STYLES, Style, set_style
 from rsscgeo.stopping import NOTHING_WRITTEN, STOP
 
 # Signals that stop a command the way Ctrl-C does: cleanly, keeping what can be kept.
@@ -36,6 +37,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # command name → "module:attribute"; modules load only when their command runs.
 COMMANDS = {
     "classify": "rsscgeo.cli.classify:classify",
+    "adapt": "rsscgeo.cli.adapt:adapt",
     "change": "rsscgeo.cli.change:change",
     "train": "rsscgeo.cli.train:train",
     "experiment": "rsscgeo.cli.experiment:experiment",
@@ -43,9 +45,10 @@ COMMANDS = {
     "models": "rsscgeo.cli.models:models",
     "tiles": "rsscgeo.cli.tiles:tiles",
     "datasets": "rsscgeo.cli.datasets:datasets",
+    "qgis": "rsscgeo.cli.qgis:qgis",
 }
 # Commands whose long-running code checks the stop request at safe points.
-COOPERATIVE = frozenset({"classify", "change", "train", "experiment"})
+COOPERATIVE = frozenset({"classify", "change", "train", "experiment", "adapt"})
 
 
 class LazyGroup(click.Group):
@@ -193,8 +196,18 @@ def one_line(err: BaseException) -> str:
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="rsscgeo")
-def cli() -> None:
+@click.option(
+    "--progress",
+    "progress_style",
+    type=click.Choice(STYLES),
+    default="bar",
+    show_default=True,
+    help="How classify, change and adapt show progress: bar, json (one JSON object per "
+    "line on stderr, for programs such as the QGIS plugin) or none.",
+)
+def cli(progress_style: Style) -> None:
     """Remote sensing scene classification: train models, evaluate, classify scenes."""
+    set_style(progress_style)
 
 
 def main() -> None:

@@ -48,11 +48,11 @@ import numpy.typing as npt
 import pandas as pd
 import shapely
 from rasterio.enums import ColorInterp
-from tqdm.auto import tqdm
 
 from rsscgeo.errors import OptionError, RunInterrupted, SceneError
 from rsscgeo.hierarchy import CLASS_NODATA, Labels, Level
 from rsscgeo.modelfile import LoadedModel
+from rsscgeo.progress import progress_bar
 from rsscgeo.scene.areas import SQUARE_METRES_PER_HECTARE, PatchAreas, write_csv
 from rsscgeo.scene.engine import Engine
 from rsscgeo.scene.grid import Chunk, PatchGrid
@@ -445,8 +445,8 @@ def _pairs(
     """
     grid = plan.grid
     chunks = plan.before.chunks
-    with tqdm(
-        total=2 * grid.rows * grid.cols, unit="patch", desc="classifying", disable=not progress
+    with progress_bar(
+        2 * grid.rows * grid.cols, "classifying", "patch", disable=not progress
     ) as bar:
 
         def arrived(result: ChunkResult) -> None:

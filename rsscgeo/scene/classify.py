@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from tqdm.auto import tqdm
 
 from rsscgeo.errors import OptionError, OutputError, RunInterrupted
 from rsscgeo.hierarchy import CLASS_NODATA, Level
 from rsscgeo.modelfile import LoadedModel
+from rsscgeo.progress import progress_bar
 from rsscgeo.scene.areas import AreaTally, ClassArea, areas_path, write_areas
 from rsscgeo.scene.engine import Engine
 from rsscgeo.scene.grid import Chunk, PatchGrid
@@ -38,6 +38,15 @@ from rsscgeo.scene.lock import lock_outputs
 from rsscgeo.scene.options import ClassifyOptions, ClassifyOutputs
 from rsscgeo.scene.plan import ScenePlan, plan_scene, refuse_existing
 from rsscgeo.scene.staging import Staging
+from rsscgeo.scene.style import to_label_qml
+from rsscgeo.scene.suggest import (
+    LABEL_FIELD,
+    POOL_PER_PICK,
+    TO_LABEL_LAYER,
+    CandidatePool,
+    suggest,
+    suggest_frame,
+)
 from rsscgeo.scene.writers import GeoPackageWriter, GeoTiffWriter, MapContext
 from rsscgeo.sources import SceneLike
 from rsscgeo.stopping import STOP, stop_signal
@@ -65,6 +74,7 @@ class ClassifySummary:
             written to ``<first output stem>.areas.csv``.
         class_map: One value per patch (rows x cols): the GeoTIFF class band's values
             (class ids, Uncertain, nodata where skipped).
+        suggested: Patches in the GeoPackage's ``to_label`` layer (``--suggest``).
         seconds: Wall time of the classification.
         notes: The plan's decisions and where the run ran, in words.
     """
@@ -81,6 +91,7 @@ class ClassifySummary:
     per_class: Counter[str] = field(default_factory=Counter)
     areas: list[ClassArea] = field(default_factory=list)
     class_map: npt.NDArray[np.uint8] = field(default_factory=lambda: np.empty((0, 0), np.uint8))
+    suggested: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -205,10 +216,13 @@ def _write(
     summary.class_map = np.full((plan.grid.rows, plan.grid.cols), CLASS_NODATA, np.uint8)
     staging = Staging()
     writers: list[Writer] = []
+    wanted = plan.outputs.suggest
+    pool = CandidatePool(POOL_PER_PICK * wanted, plan.outputs.seed) if wanted else None
     try:
         context = MapContext(staging, plan.grid, plan.legend, plan.metadata)
         if plan.outputs.gpkg is not None:
-            writers.append(GeoPackageWriter(plan.outputs.gpkg, context))
+            gpkg = GeoPackageWriter(plan.outputs.gpkg, context)
+            writers.append(gpkg)
         if plan.outputs.geotiff is not None:
             probabilities = plan.options.probabilities
             writers.append(
@@ -220,8 +234,12 @@ def _write(
                 writer.write(result)
             _count(summary, result, plan.legend)
             tally.add(result)
+            if pool is not None:
+                pool.add(result)
         for writer in writers:
             writer.finish()
+        if pool is not None:
+            summary.suggested = _add_suggestions(plan, pool, gpkg)
         summary.areas = tally.table()
         areas = write_areas(staging, areas_path(plan.outputs.paths[0]), summary.areas)
         STOP.check()  # the last safe point: from here on the run completes
@@ -232,6 +250,17 @@ def _write(
         staging.discard()
         raise
     summary.outputs.append(areas)
+
+
+def _add_suggestions(plan: ScenePlan, pool: CandidatePool, gpkg: GeoPackageWriter) -> int:
+    """Pick the patches worth labelling and write them as the layer ``to_label``."""
+    assert plan.outputs is not None
+    picks = suggest(pool, plan.outputs.suggest, plan, plan.network or plan.model)
+    card = plan.model.card
+    qml = to_label_qml([*card.class_names, *card.parent_names], LABEL_FIELD, "predicted")
+    frame = suggest_frame(picks, plan.grid)
+    gpkg.file.add_layer(TO_LABEL_LAYER, frame, qml, "rsscgeo patches to label")
+    return len(frame)
 
 
 def _journaled(folder: Path) -> int:
@@ -258,9 +287,7 @@ def _results(
 ) -> Iterator[ChunkResult]:
     """Chunk results in order, from the journal or the engine, with a progress bar."""
     grid = plan.grid
-    with tqdm(
-        total=grid.rows * grid.cols, unit="patch", desc="classifying", disable=not progress
-    ) as bar:
+    with progress_bar(grid.rows * grid.cols, "classifying", "patch", disable=not progress) as bar:
 
         def finished(chunk: Chunk) -> ChunkResult | None:
             result = journal.load(chunk)

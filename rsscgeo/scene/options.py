@@ -93,16 +93,43 @@ class ClassifyOutputs:
         overwrite: Replace existing outputs, and start over when a journal of an
             interrupted run belongs to another model or other options.
         resume: Continue an interrupted run from its journal (beside the first output).
+        suggest: Add a layer ``to_label`` of this many patches worth labelling to the
+            GeoPackage (0: none; see ``rsscgeo.scene.suggest``).
+        seed: Breaks ties between equally uncertain patches when suggesting.
     """
 
     gpkg: Path | None = None
     geotiff: Path | None = None
     overwrite: bool = False
     resume: bool = False
+    suggest: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse a suggestion count no run can use.
+
+        Raises:
+            OptionError: If ``suggest`` is negative or asked for without a GeoPackage.
+        """
+        if self.suggest < 0:
+            raise OptionError(f"suggest={self.suggest} must be 0 (none) or a patch count.")
+        if self.suggest and self.gpkg is None:
+            raise OptionError(
+                "suggest writes the layer to_label into a GeoPackage, and no .gpkg output "
+                "was given",
+                "add gpkg=Path('map.gpkg').",
+                cli_fix="add --out map.gpkg.",
+            )
 
     @classmethod
     def from_paths(
-        cls, paths: Sequence[Path], *, overwrite: bool = False, resume: bool = False
+        cls,
+        paths: Sequence[Path],
+        *,
+        overwrite: bool = False,
+        resume: bool = False,
+        suggest: int = 0,
+        seed: int = 0,
     ) -> ClassifyOutputs:
         """Outputs chosen by suffix: ``.gpkg``, and ``.tif``/``.tiff``.
 
@@ -119,7 +146,7 @@ class ClassifyOutputs:
             if kind in chosen:
                 raise OptionError(f"two {kind} outputs ({chosen[kind]}, {path}); give one.")
             chosen[kind] = path
-        return cls(chosen.get("gpkg"), chosen.get("geotiff"), overwrite, resume)
+        return cls(chosen.get("gpkg"), chosen.get("geotiff"), overwrite, resume, suggest, seed)
 
     @property
     def paths(self) -> list[Path]:

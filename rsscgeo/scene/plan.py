@@ -59,6 +59,8 @@ class ScenePlan:
         resolution_note: The reading-resolution (GSD) decision, in words (also in
             ``notes``).
         backend_note: The backend decision, in words (also in ``notes``).
+        network: The model as given, before the backend choice: a PyTorch network
+            has the penultimate features ``suggest`` spreads its picks by.
     """
 
     model: LoadedModel
@@ -75,6 +77,7 @@ class ScenePlan:
     metadata: dict[str, str] = field(default_factory=dict)
     resolution_note: str = ""
     backend_note: str = ""
+    network: LoadedModel | None = None
 
     @property
     def chunks(self) -> list[Chunk]:
@@ -150,6 +153,7 @@ def plan_scene(
     scaling, scale_note = _scaling(reader, grid, info, card.input_scale, len(band_indexes))
     notes.append(scale_note)
     # Last: the first use of a model exports it, which bad input should not wait for.
+    given = loaded
     choice = choose_backend(loaded, options.backend, gpu=torch.cuda.is_available())
     loaded = choice.loaded
     notes.append(choice.note)
@@ -175,6 +179,7 @@ def plan_scene(
         inputs.metadata,
         gsd_note,
         choice.note,
+        given,
     )
 
 

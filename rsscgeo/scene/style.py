@@ -1,8 +1,11 @@
-"""QGIS styles: class maps (one category per legend entry) and change maps.
+"""QGIS styles: class maps (one category per legend entry), change maps, labelling layers.
 
 The legend is the card's classes and, when enabled, Uncertain (see ``legend``). A
 change map's style draws changed patches in a strong colour and the others as thin
-outlines only (see ``change``).
+outlines only (see ``change``). The ``to_label`` layer of ``classify --suggest`` is
+drawn as outlines (yellow while unlabelled, cyan once labelled) with the model's guess
+or the given label written inside, and its ``label`` field edits through a drop-down
+of the model's classes and families (see ``to_label_qml``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from rsscgeo.scene.legend import Legend
 
 CLASS_FIELD = "class_name"
 CHANGED_FIELD = "changed"
+# Patches to label: yellow until labelled, then cyan; both stand out over imagery.
+TO_LABEL_RGB = (255, 221, 0)
+LABELLED_RGB = (0, 229, 255)
 # Changed patches: a strong red, unmistakable over imagery and over any class colour...
 CHANGED_RGB = (228, 26, 28)
 # ...unchanged ones: no fill, a thin dark grey outline.
@@ -68,8 +74,74 @@ def change_qml(field: str = CHANGED_FIELD) -> str:
     return _DOCTYPE + ET.tostring(root, encoding="unicode")
 
 
-def _style_root() -> ET.Element:
-    return ET.Element("qgis", version="3.22.0", styleCategories="Symbology")
+def to_label_qml(choices: list[str], label_field: str, guess_field: str) -> str:
+    """A QGIS 3 style for patches to label: outlines, a text label, a drop-down editor.
+
+    Unlabelled patches (``label_field`` NULL or empty) are outlined in ``TO_LABEL_RGB``
+    and show ``guess_field`` followed by "?"; labelled ones are outlined in
+    ``LABELLED_RGB`` and show their label. ``label_field`` edits through a value map of
+    ``choices`` (the model's classes and families), with an empty entry to clear it.
+    A name the model does not know can still be written into the field (attribute
+    table, field calculator); the drop-down shows it in brackets.
+    """
+    root = _style_root("Symbology|Labeling|Fields|Forms")
+    root.set("labelsEnabled", "1")
+    unlabelled = f'"{label_field}" IS NULL OR trim("{label_field}") = \'\''
+    renderer = ET.SubElement(root, "renderer-v2", type="RuleRenderer")
+    _renderer_defaults(renderer)
+    rules = ET.SubElement(renderer, "rules", key="root")
+    ET.SubElement(rules, "rule", key="todo", filter=unlabelled, label="to label", symbol="0")
+    ET.SubElement(rules, "rule", key="done", filter="ELSE", label="labelled", symbol="1")
+    symbols = ET.SubElement(renderer, "symbols")
+    _fill_symbol(symbols, "0", None, outline=(*TO_LABEL_RGB, 255), width="0.8")
+    _fill_symbol(symbols, "1", None, outline=(*LABELLED_RGB, 255), width="0.8")
+    text = f'if({unlabelled}, "{guess_field}" || \'?\', "{label_field}")'
+    _text_labels(root, text)
+    fields = ET.SubElement(root, "fieldConfiguration")
+    entry = ET.SubElement(fields, "field", name=label_field, configurationFlags="None")
+    widget = ET.SubElement(entry, "editWidget", type="ValueMap")
+    config = ET.SubElement(widget, "config")
+    options = ET.SubElement(config, "Option", type="Map")
+    mapping = ET.SubElement(options, "Option", type="List", name="map")
+    for name in ["", *choices]:
+        item = ET.SubElement(mapping, "Option", type="Map")
+        # An empty value reads NULL in QGIS's value map (its "<NULL>" entry).
+        value = name or "{2839923C-8B7D-419E-B84B-CA2FE9B80EC7}"
+        ET.SubElement(item, "Option", type="QString", name=name or "(none)", value=value)
+    return _DOCTYPE + ET.tostring(root, encoding="unicode")
+
+
+def _text_labels(root: ET.Element, expression: str) -> None:
+    """Simple labelling of each polygon by ``expression``, white text with a dark halo."""
+    labeling = ET.SubElement(root, "labeling", type="simple")
+    settings = ET.SubElement(labeling, "settings", calloutType="simple")
+    style = ET.SubElement(
+        settings,
+        "text-style",
+        fieldName=expression,
+        isExpression="1",
+        fontSize="9",
+        fontSizeUnit="Point",
+        fontWeight="75",
+        textColor="255,255,255,255",
+        textOpacity="1",
+        namedStyle="Bold",
+    )
+    ET.SubElement(
+        style,
+        "text-buffer",
+        bufferDraw="1",
+        bufferSize="1",
+        bufferSizeUnits="MM",
+        bufferColor="0,0,0,255",
+        bufferOpacity="1",
+    )
+    ET.SubElement(settings, "placement", placement="1", offsetType="0")  # over the centroid
+    ET.SubElement(settings, "rendering", obstacle="0", displayAll="1")
+
+
+def _style_root(categories: str = "Symbology") -> ET.Element:
+    return ET.Element("qgis", version="3.22.0", styleCategories=categories)
 
 
 def _renderer_defaults(renderer: ET.Element) -> None:
@@ -81,8 +153,9 @@ def _fill_symbol(
     name: str,
     fill: tuple[int, int, int, int] | None,
     outline: tuple[int, int, int, int] | None,
+    width: str = "0.26",
 ) -> None:
-    """A simple fill symbol: a ``fill`` colour and an ``outline`` (0.26 mm), each optional."""
+    """A simple fill symbol: a ``fill`` colour and an ``outline`` (``width`` mm), each optional."""
     symbol = ET.SubElement(
         symbols, "symbol", name=name, type="fill", alpha="1", clip_to_extent="1", force_rhr="0"
     )
@@ -97,7 +170,7 @@ def _fill_symbol(
         values += [
             ("outline_style", "solid"),
             ("outline_color", _rgba(outline)),
-            ("outline_width", "0.26"),
+            ("outline_width", width),
             ("outline_width_unit", "MM"),
         ]
     for key, value in values:

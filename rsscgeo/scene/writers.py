@@ -90,6 +90,15 @@ class GeoPackageLayer:
         embed_default_style(self.tmp, self.layer, "geometry", qml, description)
         self.staging.stage(self.path.with_suffix(".qml")).write_text(qml)
 
+    def add_layer(self, name: str, frame: gpd.GeoDataFrame, qml: str, description: str) -> None:
+        """Write ``frame`` as another layer ``name`` of the file, styled with ``qml``.
+
+        The style is also staged beside the output as ``<stem>.<name>.qml``.
+        """
+        frame.to_file(self.tmp, layer=name, driver="GPKG", engine="pyogrio")
+        embed_default_style(self.tmp, name, "geometry", qml, description)
+        self.staging.stage(self.path.with_name(f"{self.path.stem}.{name}.qml")).write_text(qml)
+
     def _write(self, frame: gpd.GeoDataFrame, *, append: bool) -> None:
         creation = (
             {} if append else {"VERSION": GPKG_VERSION, "layer_metadata": self.metadata or None}

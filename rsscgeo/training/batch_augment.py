@@ -31,6 +31,10 @@ class BatchAugment:
         saturation: Largest relative saturation change.
         gamma: Range of a random gamma curve, or None.
         noise: Largest std of additive Gaussian noise (0..1 units).
+        blur: Share of the images blurred with a Gaussian (as imagery upsampled from a
+            coarser GSD looks, e.g. a 5 m scene read at a 2 m model's GSD).
+        blur_sigma: Range of the blur's standard deviation, in pixels of ``size``
+            (one draw per batch).
     """
 
     size: int
@@ -44,12 +48,16 @@ class BatchAugment:
     saturation: float = 0.0
     gamma: tuple[float, float] | None = None
     noise: float = 0.0
+    blur: float = 0.0
+    blur_sigma: tuple[float, float] = (0.3, 1.5)
 
     def train(self, tiles: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment a batch of uint8 tiles (B x C x H x W) into normalised network input."""
         x = tiles.float().div_(255)
         x = self._crop_and_turn(x, generator)
         x = self._jitter(x, generator)
+        if self.blur:
+            x = self._blur(x, generator)
         return self._normalise(x)
 
     def eval(self, tiles: torch.Tensor) -> torch.Tensor:
@@ -113,6 +121,25 @@ class BatchAugment:
         if self.noise:
             sigma = self._uniform(n, 0, self.noise, device, g).view(shape)
             x = (x + torch.randn(x.shape, device=device, generator=g) * sigma).clamp(0, 1)
+        return x
+
+    def _blur(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        """Blur a random ``blur`` share of the images with one Gaussian (separable)."""
+        chosen = torch.rand(len(x), device=x.device, generator=g) < self.blur
+        if not chosen.any():
+            return x
+        sigma = float(self._uniform(1, *self.blur_sigma, x.device, g))
+        radius = max(1, math.ceil(3 * sigma))
+        offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+        kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+        kernel = kernel / kernel.sum()
+        bands = x.shape[1]
+        horizontal = kernel.view(1, 1, 1, -1).repeat(bands, 1, 1, 1)
+        vertical = kernel.view(1, 1, -1, 1).repeat(bands, 1, 1, 1)
+        soft = F.pad(x[chosen], (radius, radius, radius, radius), mode="reflect")
+        soft = F.conv2d(F.conv2d(soft, horizontal, groups=bands), vertical, groups=bands)
+        x = x.clone()
+        x[chosen] = soft
         return x
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:

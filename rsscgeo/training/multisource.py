@@ -67,6 +67,8 @@ def augment_for(config: RunConfig) -> BatchAugment:
         saturation=augment.saturation,
         gamma=augment.gamma,
         noise=augment.noise,
+        blur=augment.blur,
+        blur_sigma=augment.blur_sigma,
     )
 
 

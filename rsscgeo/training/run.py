@@ -50,6 +50,7 @@ from rsscgeo.modelfile import (
     ModelCard,
     Provenance,
     StageRecord,
+    read_card,
     save_model,
 )
 from rsscgeo.networks import as_timm
@@ -188,6 +189,27 @@ def _run_ssl_stage(config: RunConfig, ssl: SSLConfig, *, resume: bool) -> RunRes
     return RunResult(out, backbone_path, metrics)
 
 
+def _init_stages(init: InitSpec) -> list[StageRecord]:
+    """The stages behind an rsscgeo model a run starts from (``init.kind: rsscgeo``).
+
+    Its own stages, then itself: so a chain's card names every stage, however it was
+    started. Other inits (ImageNet, plain weights) are the run's own ``init``.
+    """
+    if init.kind != "rsscgeo" or init.path is None:
+        return []
+    provenance = read_card(init.path).provenance
+    return [
+        *provenance.stages,
+        StageRecord(
+            protocol=provenance.protocol,
+            init=provenance.init,
+            dataset=provenance.dataset,
+            objective=f"the init model {init.path} (see its own card)",
+            metrics=provenance.metrics,
+        ),
+    ]
+
+
 def _finished(*results: RunResult | None) -> list[RunResult]:
     return [result for result in results if result is not None]
 
@@ -228,7 +250,7 @@ def _run_stage(
     network, logits, labels = fitted
     metrics = score(catalog.task, logits, labels, list(catalog.classes))
     card = _card(config, catalog, colors, protocol, metrics, out / "split.csv")
-    card.provenance.stages = list(stages)
+    card.provenance.stages = list(stages) or _init_stages(config.model.init)
     card = card.model_copy(update={"calibration": _calibrate(config, network, catalog, split)})
     model_path = save_model(out / MODEL_FILE, network, card, half=config.half_precision_file)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -320,7 +342,7 @@ def _run_sources_stage(
             notes=f"taxonomy {data.taxonomy}; {len(train)} training images "
             f"({', '.join(f'{s.name} weight {s.weight:g}' for s in data.sources)}); "
             f"{config.optim.epochs} epochs at {task.augment.size} px",
-            stages=list(stages),
+            stages=list(stages) or _init_stages(config.model.init),
         ),
     )
     model_path = save_model(

@@ -1,0 +1,303 @@
+"""Simulated users adapting the bundled model: suggested against random labels (issue 19).
+
+For each labelled dataset that the model never trained on as a scene:
+
+* **UC Merced** (``../shared/data/ucm10``, 10 classes x 100 images), and
+* **NWPU12 test rows** (``../shared/data/nwpu12``, 12 classes x 150 images; the bundled
+  model trained on NWPU12's train rows, so this is the easier case),
+
+the images are laid out as one georeferenced mosaic, one image per patch of the model
+(resized to its patch side, at its GSD; seeded order), so the truth of every patch is
+known. Then, for each budget of k labels per class (1, 3, 5, 10, 20):
+
+1. **suggested**: ``rsscgeo classify MOSAIC --out map.gpkg --suggest k*C`` (C classes), the
+   picks labelled from the truth; **random**: k patches per class drawn at random;
+2. ``rsscgeo adapt MODEL MOSAIC --labels picks.gpkg --out adapted.safetensors``;
+3. ``rsscgeo classify MOSAIC --model adapted.safetensors``, scored on the patches not
+   labelled: the top-1 class must be the user's label for that class;
+4. ``rsscgeo evaluate adapted.safetensors`` on the AID held-out split: accuracy on the AID
+   classes that no label named, against the base model's on the same images.
+
+The simulated user names a patch the way the QGIS drop-down invites: the model's class
+when the dataset's class has exactly one counterpart in the model (the class maps of
+``configs/class_maps``), else the dataset's own name, which ``adapt`` adds as a new class.
+
+Writes ``results.json``, ``results.md`` and ``accuracy.png`` next to this script::
+
+    .venv/bin/python examples/adapt/measure.py [--datasets ucm10,nwpu12] [--budgets 1,3,5,10,20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import yaml
+from affine import Affine
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+DATA = ROOT.parent / "shared" / "data"
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))
+from rsscgeo.modelfile import BUNDLED_MODEL, read_card  # noqa: E402
+
+BUDGETS = (1, 3, 5, 10, 20)
+ORIGIN = (500_000.0, 4_500_000.0)  # EPSG:32633, any place: the mosaic is synthetic
+DATASETS = {
+    "ucm10": (DATA / "ucm10", ROOT / "configs/class_maps/ucm10_to_aid.yaml", None),
+    "nwpu12": (
+        DATA / "nwpu12",
+        ROOT / "configs/class_maps/nwpu12_to_land_use_33.yaml",
+        DATA / "nwpu12/splits.csv",
+    ),
+}
+
+
+@dataclass
+class Mosaic:
+    """A written mosaic and the dataset class under each patch (rows x cols)."""
+
+    path: Path
+    truth: np.ndarray  # dataset class names, rows x cols
+    names: dict[str, str]  # dataset class -> the name the simulated user gives
+
+
+def user_names(class_map: Path, classes: list[str], model_classes: list[str]) -> dict[str, str]:
+    """The label a user picks for each dataset class (see the module docstring)."""
+    mapping = yaml.safe_load(class_map.read_text()) or {}
+    names = {}
+    for name in classes:
+        target = mapping.get(name)
+        targets = [target] if isinstance(target, str) else list(target or [])
+        single = len(targets) == 1 and targets[0] in model_classes
+        names[name] = targets[0] if single else name.replace("_", " ").title().replace(" ", "")
+    return names
+
+
+def images(folder: Path, split_csv: Path | None) -> list[tuple[Path, str]]:
+    """Every ``<class>/*`` image (only the ``test`` rows when a split is given)."""
+    test: set[str] | None = None
+    if split_csv is not None:
+        rows = [line.split(",") for line in split_csv.read_text().splitlines()[1:]]
+        test = {path for path, split in rows if split.strip() == "test"}
+    found = []
+    for path in sorted(folder.glob("*/*")):
+        key = f"{path.parent.name}/{path.name}"
+        if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif") and (
+            test is None or key in test
+        ):
+            found.append((path, path.parent.name))
+    return found
+
+
+def write_mosaic(path: Path, tiles: list[tuple[Path, str]], patch: int, gsd: float) -> np.ndarray:
+    """The tiles in seeded order on a ``ceil(sqrt(N))``-column grid; the truth grid."""
+    order = list(range(len(tiles)))
+    random.Random(0).shuffle(order)
+    count = len(tiles)
+    cols = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / cols)
+    truth = np.full((rows, cols), "", dtype=object)
+    pixels = np.zeros((3, rows * patch, cols * patch), np.uint8)
+    for i, index in enumerate(order):
+        tile_path, name = tiles[index]
+        r, c = divmod(i, cols)
+        with Image.open(tile_path) as image:
+            rgb = image.convert("RGB").resize((patch, patch), Image.Resampling.BILINEAR)
+        pixels[:, r * patch : (r + 1) * patch, c * patch : (c + 1) * patch] = np.asarray(
+            rgb
+        ).transpose(2, 0, 1)
+        truth[r, c] = name
+    profile = {
+        "driver": "GTiff",
+        "width": cols * patch,
+        "height": rows * patch,
+        "count": 3,
+        "dtype": "uint8",
+        "crs": "EPSG:32633",
+        "transform": Affine(gsd, 0, ORIGIN[0], 0, -gsd, ORIGIN[1]),
+        "tiled": True,
+        "compress": "deflate",
+        "photometric": "RGB",
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(pixels)
+        mask = np.zeros((rows * patch, cols * patch), np.uint8)
+        for i in range(count):
+            r, c = divmod(i, cols)
+            mask[r * patch : (r + 1) * patch, c * patch : (c + 1) * patch] = 255
+        dst.write_mask(mask)  # cells past the last tile are nodata, never classified
+    return truth
+
+
+def run(*args: Any) -> None:
+    """An ``rsscgeo`` command; its last output lines on failure."""
+    result = subprocess.run([str(BIN / "rsscgeo"), *map(str, args)], capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"rsscgeo {args[0]} failed:\n{result.stderr[-2000:]}")
+
+
+def classified(gpkg: Path) -> gpd.GeoDataFrame:
+    """The map layer of a classify GeoPackage (named after the file)."""
+    return gpd.read_file(gpkg, layer=gpkg.stem)
+
+
+def labelled_layer(folder: Path, mosaic: Mosaic, cells: list[tuple[int, int]], crs: Any) -> Path:
+    """The picked patches as points at their centres, labelled from the truth as the user would."""
+    with rasterio.open(mosaic.path) as src:
+        transform, side = src.transform, src.width / mosaic.truth.shape[1]
+    points = [transform * ((c + 0.5) * side, (r + 0.5) * side) for r, c in cells]
+    frame = gpd.GeoDataFrame(
+        {"label": [mosaic.names[mosaic.truth[r, c]] for r, c in cells]},
+        geometry=gpd.points_from_xy([p[0] for p in points], [p[1] for p in points]),
+        crs=crs,
+    )
+    path = folder / "labels.gpkg"
+    frame.to_file(path, layer="labels", driver="GPKG")
+    return path
+
+
+def score(gpkg: Path, mosaic: Mosaic, labelled: set[tuple[int, int]]) -> float:
+    """Share of the unlabelled patches whose top-1 class is the user's name for them."""
+    frame = classified(gpkg)
+    hits = [
+        top == mosaic.names[mosaic.truth[r, c]]
+        for r, c, top in frame[["row", "col", "top1"]].to_numpy()
+        if (r, c) not in labelled and mosaic.truth[r, c]
+    ]
+    return float(np.mean(hits))
+
+
+def aid_unlabelled(model: Path, names: set[str]) -> float:
+    """Accuracy on the AID held-out images of classes no label named."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "m.json"
+        split = ROOT / "examples/models/aid_efficientnet_lite0/split.csv"
+        run("evaluate", model, DATA / "aid150", "--split", split, "--no-tta", "--json", out)
+        metrics = json.loads(out.read_text())
+    confusion = np.asarray(metrics["confusion_matrix"])  # rows: true class
+    keep = [i for i, c in enumerate(metrics["classes"]) if c not in names and confusion[i].sum()]
+    return float(confusion[keep, keep].sum() / confusion[keep].sum())
+
+
+def measure(name: str, model: Path, budgets: list[int], work: Path) -> dict[str, Any]:
+    """Every figure of one dataset."""
+    folder, class_map, split = DATASETS[name]
+    card = read_card(model)
+    tiles = images(folder, split)
+    classes = sorted({c for _, c in tiles})
+    mosaic_path = work / f"{name}.tif"
+    truth = write_mosaic(mosaic_path, tiles, card.patch_size, card.gsd or 1.0)
+    mosaic = Mosaic(mosaic_path, truth, user_names(class_map, classes, card.class_names))
+    base_map = work / "base.gpkg"
+    run("classify", mosaic_path, "--model", model, "--out", base_map, "--overwrite")
+    crs = classified(base_map).crs
+    results: dict[str, Any] = {"names": mosaic.names, "base": score(base_map, mosaic, set())}
+    label_names = set(mosaic.names.values())
+    results["aid_base"] = aid_unlabelled(model, label_names)
+    rng = random.Random(0)
+    by_class: dict[str, list[tuple[int, int]]] = {}
+    for (r, c), truth_name in np.ndenumerate(truth):
+        if truth_name:
+            by_class.setdefault(truth_name, []).append((r, c))
+    for k in budgets:
+        for strategy in ("suggested", "random"):
+            started = time.perf_counter()
+            run_dir = work / f"{name}-{k}-{strategy}"
+            run_dir.mkdir()
+            if strategy == "suggested":
+                picks_map = run_dir / "map.gpkg"
+                run("classify", mosaic_path, "--model", model, "--out", picks_map,
+                    "--suggest", k * len(classes))  # fmt: skip
+                picks = gpd.read_file(picks_map, layer="to_label")
+                cells = list(zip(picks["row"], picks["col"], strict=True))
+            else:
+                cells = [cell for cls in classes for cell in rng.sample(by_class[cls], k)]
+            labels = labelled_layer(run_dir, mosaic, cells, crs)
+            adapted = run_dir / "adapted.safetensors"
+            run("adapt", model, mosaic_path, "--labels", labels, "--out", adapted)
+            seconds = time.perf_counter() - started
+            after = run_dir / "after.gpkg"
+            run("classify", mosaic_path, "--model", adapted, "--out", after)
+            figures = {
+                "accuracy": score(after, mosaic, set(cells)),
+                "labels": len(cells),
+                "aid_unlabelled_classes": aid_unlabelled(adapted, label_names),
+                "seconds_suggest_and_adapt": seconds,
+            }
+            results.setdefault(strategy, {})[str(k)] = figures
+            print(name, k, strategy, figures, flush=True)
+    return results
+
+
+def write_outputs(results: dict[str, Any], budgets: list[int]) -> None:
+    """results.json, results.md (a table) and accuracy.png (a chart)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (HERE / "results.json").write_text(json.dumps(results, indent=2))
+    lines = []
+    for name, r in results.items():
+        lines += [
+            f"**{name}**: base model {r['base']:.3f} (top-1 = the user's name); AID held-out "
+            f"on the classes no label names: base {r['aid_base']:.3f}",
+            "",
+            "| labels per class | suggested | random | AID (not labelled), suggested / random |",
+            "|---|---|---|---|",
+        ]
+        for k in budgets:
+            s, q = r["suggested"][str(k)], r["random"][str(k)]
+            lines.append(
+                f"| {k} | {s['accuracy']:.3f} | {q['accuracy']:.3f} "
+                f"| {s['aid_unlabelled_classes']:.3f} / {q['aid_unlabelled_classes']:.3f} |"
+            )
+        lines.append("")
+    (HERE / "results.md").write_text("\n".join(lines))
+    figure, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
+    for axis, (name, r) in zip(axes[0], results.items(), strict=True):
+        for strategy, style in (("suggested", "o-"), ("random", "s--")):
+            axis.plot(budgets, [r[strategy][str(k)]["accuracy"] for k in budgets], style,
+                      label=strategy)  # fmt: skip
+        axis.axhline(r["base"], color="grey", lw=1, label="base model")
+        axis.set(title=name, xlabel="labels per class", ylabel="accuracy (unlabelled patches)",
+                 xscale="log", xticks=budgets, xticklabels=budgets)  # fmt: skip
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(HERE / "accuracy.png", dpi=120)
+
+
+def main() -> None:
+    """Measure the datasets asked for and write the outputs."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", default="ucm10,nwpu12")
+    parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
+    parser.add_argument("--model", type=Path, default=BUNDLED_MODEL)
+    args = parser.parse_args()
+    budgets = [int(b) for b in args.budgets.split(",")]
+    results = {}
+    with tempfile.TemporaryDirectory() as work:
+        for name in args.datasets.split(","):
+            folder = Path(work) / name
+            folder.mkdir()
+            results[name] = measure(name, args.model, budgets, folder)
+    write_outputs(results, budgets)
+
+
+if __name__ == "__main__":
+    main()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
@@ -86,15 +87,18 @@ def run_rsscgeo(
     )
     errors: list[str] = []
     stdout: list[str] = []
+    # The readers only collect; this thread (the algorithm's) talks to the feedback.
+    events: queue.Queue[tuple[str, Any]] = queue.Queue()
     readers = [
-        threading.Thread(target=_read_stderr, args=(child, feedback, errors), daemon=True),
-        threading.Thread(target=_read_stdout, args=(child, feedback, stdout), daemon=True),
+        threading.Thread(target=_read_stderr, args=(child, events, errors), daemon=True),
+        threading.Thread(target=_read_stdout, args=(child, events, stdout), daemon=True),
     ]
     for reader in readers:
         reader.start()
-    cancelled = _wait(child, feedback)
+    cancelled = _wait(child, feedback, events)
     for reader in readers:
         reader.join(timeout=5)
+    _relay(events, feedback)
     if cancelled:
         raise QgsProcessingException(
             "cancelled: rsscgeo stopped cleanly and kept what it finished; run the algorithm "
@@ -111,9 +115,28 @@ def run_rsscgeo(
     return "".join(stdout)
 
 
-def _wait(child: subprocess.Popen[str], feedback: QgsProcessingFeedback) -> bool:
+def _relay(events: queue.Queue[tuple[str, Any]], feedback: QgsProcessingFeedback) -> None:
+    """Pass what the readers collected to the feedback, in this thread."""
+    while True:
+        try:
+            kind, value = events.get_nowait()
+        except queue.Empty:
+            return
+        if kind == "progress":
+            feedback.setProgress(100.0 * value["progress"])
+            feedback.setProgressText(str(value.get("stage", "")))
+        else:
+            feedback.pushInfo(value)
+
+
+def _wait(
+    child: subprocess.Popen[str],
+    feedback: QgsProcessingFeedback,
+    events: queue.Queue[tuple[str, Any]],
+) -> bool:
     """Wait for the child; on a cancel, stop it with SIGINT. Returns whether cancelled."""
     while child.poll() is None:
+        _relay(events, feedback)
         if feedback.isCanceled():
             child.send_signal(signal.SIGINT)
             deadline = time.monotonic() + STOP_SECONDS
@@ -128,7 +151,7 @@ def _wait(child: subprocess.Popen[str], feedback: QgsProcessingFeedback) -> bool
 
 
 def _read_stderr(
-    child: subprocess.Popen[str], feedback: QgsProcessingFeedback, errors: list[str]
+    child: subprocess.Popen[str], events: queue.Queue[tuple[str, Any]], errors: list[str]
 ) -> None:
     assert child.stderr is not None
     for raw in child.stderr:
@@ -138,21 +161,20 @@ def _read_stderr(
         if line.startswith(PROGRESS_PREFIX):
             progress = _progress(line)
             if progress is not None:
-                feedback.setProgress(100.0 * progress["progress"])
-                feedback.setProgressText(str(progress.get("stage", "")))
+                events.put(("progress", progress))
                 continue
         errors.append(line)
-        feedback.pushInfo(line)
+        events.put(("info", line))
 
 
 def _read_stdout(
-    child: subprocess.Popen[str], feedback: QgsProcessingFeedback, lines: list[str]
+    child: subprocess.Popen[str], events: queue.Queue[tuple[str, Any]], lines: list[str]
 ) -> None:
     assert child.stdout is not None
     for line in child.stdout:
         lines.append(line)
         if line.strip():
-            feedback.pushInfo(line.rstrip())
+            events.put(("info", line.rstrip()))
 
 
 def _progress(line: str) -> dict[str, Any] | None:

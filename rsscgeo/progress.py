@@ -14,9 +14,10 @@ import json
 import sys
 import time
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from tqdm.auto import tqdm
+if TYPE_CHECKING:  # imported when a bar is made: the CLI imports this module at start-up
+    from tqdm.auto import tqdm
 
 Style = Literal["bar", "json", "none"]
 STYLES: tuple[Style, ...] = ("bar", "json", "none")
@@ -97,4 +98,6 @@ def progress_bar(
     """
     if _style == "json" and not disable:
         return JsonProgress(total, desc, unit)
+    from tqdm.auto import tqdm
+
     return tqdm(total=total, desc=desc, unit=unit, leave=leave, disable=disable or _style == "none")

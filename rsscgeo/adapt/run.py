@@ -93,7 +93,6 @@ class AdaptSummary:
     card: ModelCard
     labelled: dict[str, int]
     distilled: int
-    seconds_note: str = ""
 
 
 def adapt_model(

@@ -74,13 +74,12 @@ def embed(
 
     ``loaded`` must be a PyTorch (timm) network; an ONNX Runtime model has no features.
     """
-    model = loaded.model.eval()
+    network = as_timm(loaded.model.eval())
     preprocess = plan.work.preprocess
     features = []
     for start in range(0, len(patches), batch_size):
         STOP.check()
         batch = preprocess(patches[start : start + batch_size])
-        network = as_timm(model)
         pooled = network.forward_head(network.forward_features(batch), pre_logits=True)
         features.append(torch.nn.functional.normalize(pooled.float(), dim=1))
     return torch.cat(features) if features else torch.empty(0, 0)

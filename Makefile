@@ -3,8 +3,8 @@
 .PHONY: setup demo evaluate test test-fast lint
 
 BIN := .venv/bin
-MODEL := examples/models/aid_efficientnet_lite0/model.safetensors
-SPLIT := examples/models/aid_efficientnet_lite0/split.csv
+MODEL := examples/models/land_use_33_efficientnet_lite0/model.safetensors
+SPLIT := examples/models/land_use_33_efficientnet_lite0/split.csv
 AID := ../shared/data/aid150
 SCENE := examples/scenes/naip_2020_rgbn.tif
 

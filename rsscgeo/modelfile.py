@@ -26,12 +26,14 @@ from safetensors.torch import save_file
 from rsscgeo.errors import ModelFileError
 
 CARD_KEY = "rsscgeo.card"
-# The default model shipped in the source tree (trained by configs/aid_efficientnet_lite0.yaml).
+# The default model shipped in the source tree: 33 land-use classes in 7 families, trained
+# by the chain ImageNet -> AID (configs/aid_efficientnet_lite0.yaml) -> AID + NWPU12
+# (configs/land_use_33/chain.yaml).
 BUNDLED_MODEL = (
     Path(__file__).resolve().parents[1]
     / "examples"
     / "models"
-    / "aid_efficientnet_lite0"
+    / "land_use_33_efficientnet_lite0"
     / "model.safetensors"
 )
 CARD_VERSION = 1

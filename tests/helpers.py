@@ -13,6 +13,12 @@ import yaml
 from affine import Affine
 from click.testing import Result
 
+# The previous bundled model: a flat card (30 AID classes, no families), calibrated. Tests
+# of flat behaviour and of the Uncertain class alone use it, whatever is bundled now.
+FLAT_MODEL = (
+    Path(__file__).resolve().parents[1] / "examples/models/aid_efficientnet_lite0/model.safetensors"
+)
+
 TINY = {
     "seed": 0,
     "model": {

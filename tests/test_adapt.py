@@ -117,6 +117,18 @@ def test_bad_label_files_are_one_line_errors(tmp_path: Path) -> None:
         read_label_rows(path, field="name")
 
 
+def test_a_filled_new_class_is_the_label(tmp_path: Path) -> None:
+    """The to_label layer's free-text field wins over its drop-down, blanks aside."""
+    frame = gpd.GeoDataFrame(
+        {"label": ["Pond", "Pond", None, None], "new_class": [" Rice ", "", "Vineyard", None]},
+        geometry=[shapely.Point(500_010 + 300 * i, 3_999_990) for i in range(4)],
+        crs=UTM,
+    )
+    rows = read_label_rows(_write(tmp_path / "labels.gpkg", frame))
+    assert list(rows.frame["label"]) == ["Rice", "Pond", "Vineyard"]
+    assert rows.names == ["Pond", "Rice", "Vineyard"]
+
+
 def test_new_classes_join_the_family_the_base_model_sees() -> None:
     card = load_model(BUNDLED_MODEL).card
     farmland = card.class_names.index("Farmland")
@@ -236,13 +248,15 @@ def test_a_stopped_adapt_leaves_nothing(tmp_path: Path, suggested: Path) -> None
     assert not list(tmp_path.iterdir())
 
 
-def test_style_has_a_drop_down_of_classes() -> None:
+def test_style_has_a_drop_down_of_classes_and_a_field_for_new_ones() -> None:
     from rsscgeo.scene.style import to_label_qml
 
-    root = ET.fromstring(to_label_qml(["Pond", "Water"], "label", "predicted").split("\n", 1)[1])
+    root = ET.fromstring(to_label_qml(["Pond", "Water"]).split("\n", 1)[1])
     assert root.get("labelsEnabled") == "1"
     widget = root.find("fieldConfiguration/field[@name='label']/editWidget")
     assert widget is not None and widget.get("type") == "ValueMap"
     entries = [(o.get("name"), o.get("value")) for o in widget.iterfind(".//Option[@value]")]
     assert entries[1:] == [("Pond", "Pond"), ("Water", "Water")]
     assert entries[0][0] == "(none)"  # clears the label
+    free = root.find("fieldConfiguration/field[@name='new_class']/editWidget")
+    assert free is not None and free.get("type") == "TextEdit"

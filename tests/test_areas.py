@@ -58,6 +58,13 @@ def test_areas_csv_adds_up_the_classified_patches(
     table = pd.read_csv(tmp_path / "labels.areas.csv", keep_default_na=False)
     assert tuple(table.columns) == COLUMNS
     frame = gpd.read_file(gpkg, layer="labels")
+    # A card with families adds each family's total after the rows of what the map says.
+    totals = table[table["level"] == "family"]
+    table = table[table["level"] != "family"]
+    for family, row in totals.set_index("class").iterrows():
+        members = table[table["family"] == family]
+        assert row["patches"] == members["patches"].sum()
+        assert row["area_m2"] == pytest.approx(members["area_m2"].sum(), rel=1e-6)
     assert table["patches"].sum() == len(frame)
     assert table["class"].iloc[-1] == "Uncertain"
     assert table["percent"].sum() == pytest.approx(100, abs=0.01)

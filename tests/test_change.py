@@ -181,8 +181,18 @@ def test_change_has_each_scenes_own_classes(naip_change: dict[str, Any]) -> None
 def test_changed_means_different_and_certain(naip_change: dict[str, Any]) -> None:
     change = _layer(naip_change["gpkg"])
     certain = (change.from_class != UNCERTAIN) & (change.to_class != UNCERTAIN)
-    expected = certain & (change.from_class != change.to_class)
+    # Two classes compare as classes; when either date names a family, families compare.
+    card = load_model(BUNDLED_MODEL).card
+    family = {c.name: c.parent or c.name for c in card.classes} | {p: p for p in card.parent_names}
+    leaves = change.from_class.isin(card.class_names) & change.to_class.isin(card.class_names)
+    differ = np.where(
+        leaves,
+        change.from_class != change.to_class,
+        change.from_class.map(family) != change.to_class.map(family),
+    )
+    expected = certain & differ
     assert (change.changed == expected).all()
+    assert (change.compared_at[certain] == np.where(leaves, "leaf", "parent")[certain]).all()
     assert 0 < change.changed.sum() == naip_change["changed"] < len(change)
     # Uncertain at one date and a class at the other is no change.
     assert (~certain & (change.from_class != change.to_class)).any()
@@ -224,7 +234,7 @@ def test_the_style_fills_changed_patches(naip_change: dict[str, Any]) -> None:
         styles = db.execute(
             "SELECT f_table_name, f_geometry_column, styleQML, useAsDefault FROM layer_styles"
         ).fetchall()
-    assert styles == [("change", "geometry", qml, 1)]
+    assert styles == [("change", "geom", qml, 1)]  # the geometry column GDAL wrote
     assert 'type="RuleRenderer"' in qml and 'filter="&quot;changed&quot;"' in qml
 
 

@@ -15,7 +15,7 @@ import rasterio
 import shapely
 import torch
 from affine import Affine
-from helpers import assert_one_line_error, write_raster
+from helpers import FLAT_MODEL, assert_one_line_error, write_raster
 from rasterio.transform import from_origin
 
 from rsscgeo import load_model
@@ -46,8 +46,10 @@ def card():
 
 
 def legend_names(card) -> list[str]:
-    """What the maps of the bundled model show: its classes, Uncertain if calibrated."""
-    return card.class_names + (["Uncertain"] if card.uncertain_below > 0 else [])
+    """What the maps of ``card`` show by default: its classes, families, Uncertain if calibrated."""
+    from rsscgeo.scene.legend import Legend
+
+    return [entry.name for entry in Legend.for_card(card).entries]
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -82,9 +84,12 @@ def test_outputs_are_georeferenced_and_consistent(
     assert list(frame.columns[:8]) == [
         *("row", "col", "class_id", "class_name", "level", "leaf_name", "parent_name", "score")
     ]
-    assert set(frame["level"]) <= {"leaf", "uncertain"}  # a flat card: no family answers
+    assert set(frame["level"]) <= {"leaf", "parent", "uncertain"}
     named = frame["level"] == "leaf"
     assert (frame["class_name"][named] == frame["leaf_name"][named]).all()
+    by_family = frame["level"] == "parent"
+    assert (frame["class_name"][by_family] == frame["parent_name"][by_family]).all()
+    assert set(frame["class_name"][by_family]) <= set(card.parent_names)
     # The raster and the polygons agree patch by patch.
     raster_ids = np.where(frame["class_id"] == -1, 254, frame["class_id"])  # Uncertain
     np.testing.assert_array_equal(classes[frame["row"], frame["col"]], raster_ids)
@@ -301,14 +306,17 @@ def test_patch_dataset_is_lazy_and_matches_the_geotiff(tmp_path: Path, run_cli, 
     options = rsscgeo.ClassifyOptions(stride=75, chunk_size=300)  # 4x4 patches a chunk
     data = rsscgeo.patch_dataset([scene], load_model(BUNDLED_MODEL), options)
     assert data.probability.chunks is not None  # dask-backed until computed
-    assert data.sizes["class"] == 30 and data.attrs["crs"]
+    assert data.sizes["class"] == load_model(BUNDLED_MODEL).card.num_classes and data.attrs["crs"]
     out = tmp_path / "o.tif"
     assert run_cli("classify", scene, "--out", out, "--stride", "75").exit_code == 0
     with rasterio.open(out) as src:
         classes, transform = src.read(1), src.transform
     computed = data.compute()
+    np.testing.assert_array_equal(computed.map_value, classes)
     expected = np.where(computed.class_id < 0, 255, computed.class_id)
-    np.testing.assert_array_equal(np.where(computed.uncertain, 254, expected), classes)
+    leaves = computed.map_value < load_model(BUNDLED_MODEL).card.num_classes
+    np.testing.assert_array_equal(expected[leaves], classes[leaves])  # class_id: the top class
+    assert (computed.uncertain == (classes == 254)).all()
     assert tuple(transform.to_gdal()) == pytest.approx(computed.attrs["transform"])
     done = computed.class_id >= 0
     np.testing.assert_allclose(
@@ -441,7 +449,7 @@ def test_parallel_reads_are_thread_safe(tmp_path: Path, scene_path) -> None:
         compress="deflate",
     )
     card = load_model(BUNDLED_MODEL).card
-    loaded = LoadedModel(_SeesLayoutAndTexture().eval(), card)
+    loaded = LoadedModel(_SeesLayoutAndTexture(card.num_classes).eval(), card)
     # 13 x 13 patches in 49 chunks of 2 x 2; each chunk reads 225 px, across tile edges.
     options = ClassifyOptions(stride=75, chunk_size=150, probabilities=True)
     p_columns = [f"p_{name}" for name in card.class_names]
@@ -457,7 +465,7 @@ def test_parallel_reads_are_thread_safe(tmp_path: Path, scene_path) -> None:
         table = gpd.read_file(outputs.gpkg, layer="p").sort_values(["row", "col"])
         runs.append((raster, table[p_columns].to_numpy()))
     raster, table = runs[0]
-    assert raster.shape == (1 + card.num_classes, 13, 13) and table.shape == (169, 30)
+    assert raster.shape == (1 + card.num_classes, 13, 13) and table.shape == (169, card.num_classes)
     # Every patch has its own answer, far from every other patch's (1000x the tolerance
     # below): equal outputs cannot hide pixels read from the wrong place.
     apart = np.abs(table[:, None] - table[None]).max(axis=2) + np.eye(len(table))
@@ -513,10 +521,10 @@ def special_names(names: list[str]) -> list[str]:
 
 
 def write_special_names_model(folder: Path) -> Path:
-    """The bundled model with its classes renamed by ``special_names``."""
+    """The flat model with its classes renamed by ``special_names`` (no families)."""
     from rsscgeo.modelfile import save_model
 
-    loaded = load_model(BUNDLED_MODEL)
+    loaded = load_model(FLAT_MODEL)
     renamed = [
         c.model_copy(update={"name": n})
         for c, n in zip(loaded.card.classes, special_names(loaded.card.class_names), strict=True)

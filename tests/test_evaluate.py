@@ -286,10 +286,11 @@ def test_tta_is_the_mean_over_the_8_dihedral_transforms_on_real_images(
     dataset = patch_dataset(card, mapped.catalog)
     batch = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
 
-    # The dataset: 256 px UCM tiles resized whole to the 150 px patch, then the card's 176.
+    # The dataset: 256 px UCM tiles resized whole to the 150 px patch, then the card's size.
     raw = torch.from_numpy(read_image(mapped.catalog.items[0].path).astype(np.float32)) / 255
     step = F.interpolate(raw[None], size=(150, 150), mode="bilinear", antialias=True)
-    step = F.interpolate(step, size=(176, 176), mode="bilinear", antialias=True)
+    size = (card.eval_resize, card.eval_resize)
+    step = F.interpolate(step, size=size, mode="bilinear", antialias=True)
     torch.testing.assert_close(batch[0], ((step[0] - 0.5) / 0.5), atol=1e-4, rtol=0)
 
     tta, labels = predict_probabilities(loaded, dataset, tta=True, batch_size=2)

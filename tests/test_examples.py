@@ -9,6 +9,7 @@ import os
 import re
 import runpy
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from rsscgeo import load_model
 from rsscgeo.data.layouts import open_catalog
 from rsscgeo.data.splits import read_split
 from rsscgeo.modelfile import BUNDLED_MODEL
+from rsscgeo.taxonomy import load_taxonomy
 from rsscgeo.training.evaluate import evaluate_model
 
 pytestmark = pytest.mark.real_data
@@ -35,18 +37,30 @@ MODEL = BUNDLED_MODEL
 SPLIT = BUNDLED_MODEL.with_name("split.csv")
 
 
-def test_bundled_model_card(aid_dir: Path) -> None:
+def test_bundled_model_card(aid_dir: Path, repo_root: Path) -> None:
     assert MODEL.stat().st_size <= 25 * 2**20
     card = load_model(MODEL).card
     assert card.architecture == "tf_efficientnet_lite0" and card.task == "multiclass"
-    assert card.class_names == sorted(p.name for p in aid_dir.iterdir() if p.is_dir())
-    assert len({c.color.lower() for c in card.classes}) == 30
+    taxonomy = load_taxonomy(repo_root / "configs" / "taxonomy" / "land_use_33.yaml")
+    assert card.class_names == list(taxonomy.leaves)
+    assert {p.name for p in aid_dir.iterdir() if p.is_dir()} < set(card.class_names)
+    assert len({c.color.lower() for c in card.classes}) == card.num_classes
+    # Every class in a family; families that a map reader names, none over 40% of the classes.
+    assert len(card.parents) >= 5 and all(c.parent in card.parent_names for c in card.classes)
+    sizes = Counter(c.parent for c in card.classes)
+    assert max(sizes.values()) <= 0.4 * card.num_classes
     assert card.gsd == 2.0 and card.patch_size == 150 and card.bands == ["red", "green", "blue"]
-    assert card.provenance.protocol == "finetune"
-    assert card.provenance.init == "imagenet-offline"
-    assert card.provenance.metrics["overall_accuracy"] >= 0.89
-    # Calibrated on validation images that are in neither the training nor the test rows.
+    # The chain: ImageNet -> AID (the previous bundled model) -> AID + NWPU12.
+    provenance = card.provenance
+    assert provenance.protocol == "finetune"
+    assert provenance.init.startswith("rsscgeo:") and "nwpu12" in provenance.dataset
+    [first] = provenance.stages
+    assert first.init == "imagenet-offline" and "aid150" in first.dataset
+    assert provenance.metrics["test_accuracy_aid"] >= 0.87
+    assert provenance.metrics["test_accuracy_nwpu12"] >= 0.90
+    # Calibrated on validation images of both sources, in neither the training nor the test rows.
     assert card.calibration is not None and 0 < card.uncertain_below < 1
+    assert "aid, nwpu12" in card.calibration.fitted_on
     assert card.calibration.metrics["val_nll_after"] < card.calibration.metrics["val_nll_before"]
     rows = SPLIT.read_text().splitlines()
     assert sum(row.endswith(",val") for row in rows) == 565
@@ -70,7 +84,8 @@ def test_evaluate_cli_matches_class_folders_to_the_model_by_name(
     result = run_cli("evaluate", MODEL, data, "--json", out)
     assert result.exit_code == 0, result.output
     metrics = json.loads(out.read_text())
-    assert metrics["num_images"] == 12 and len(metrics["classes"]) == 30
+    assert metrics["num_images"] == 12
+    assert metrics["classes"] == load_model(MODEL).card.class_names
     confusion = metrics["confusion_matrix"]
     beach, forest = metrics["classes"].index("Beach"), metrics["classes"].index("Forest")
     assert sum(confusion[beach]) == 4 and sum(confusion[forest]) == 4
@@ -176,7 +191,7 @@ def _stdout(cell: nbformat.NotebookNode) -> str:
 
 def _check_quickstart(state: dict[str, Any], cells: list[nbformat.NotebookNode], tmp: Path) -> None:
     assert _stdout(cells[1]).startswith(
-        "tf_efficientnet_lite0 multiclass 30 classes, 2.0 m/px, bands ['red', 'green', 'blue']"
+        "tf_efficientnet_lite0 multiclass 33 classes, 2.0 m/px, bands ['red', 'green', 'blue']"
     ), _stdout(cells[1])
     # The bundled model on one real tile of each of eight classes.
     right = sum(p == t for p, t in zip(state["predicted"], state["tiles"], strict=True))

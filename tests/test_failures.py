@@ -29,11 +29,17 @@ from clusters import (
     rsscgeo_classify,
     wait_for,
 )
-from helpers import SlowMeanColour, SlowToUnpickle, assert_one_line_error, write_raster
+from helpers import (
+    FLAT_MODEL,
+    SlowMeanColour,
+    SlowToUnpickle,
+    assert_one_line_error,
+    write_raster,
+)
 
 from rsscgeo import ClassifyOutputs, classify_scene, load_model, open_engine
 from rsscgeo.errors import JournalMismatchError
-from rsscgeo.modelfile import BUNDLED_MODEL, LoadedModel
+from rsscgeo.modelfile import LoadedModel
 
 # What a run leaves beside its outputs while it runs or after it stopped.
 TEMPORARY = (".part", ".work.tif", ".lock", "-journal", "-wal")
@@ -119,7 +125,7 @@ def slow_plugin_cluster(tmp_path: Path) -> Iterator[Cluster]:
 def test_workers_lost_at_any_moment_cost_nothing(
     tmp_path: Path, slow_plugin_cluster: Cluster, moment: str
 ) -> None:
-    card = load_model(BUNDLED_MODEL).card
+    card = load_model(FLAT_MODEL).card  # the fake networks answer its 30 classes
     loaded = LoadedModel(SlowToUnpickle(seconds=0.05).eval(), card)
     reference = outputs(tmp_path, "reference")
     classify_locally(LoadedModel(SlowMeanColour(seconds=0).eval(), card), reference)
@@ -210,7 +216,7 @@ def test_resuming_with_another_model_is_refused_naming_both(
 ) -> None:
     import rsscgeo.scene.tasks as tasks
 
-    card = load_model(BUNDLED_MODEL).card
+    card = load_model(FLAT_MODEL).card  # the fake networks answer its 30 classes
     first = LoadedModel(SlowMeanColour(seconds=0).eval(), card)
     second = LoadedModel(SlowMeanColour(seconds=0).eval(), card)
     with torch.no_grad():

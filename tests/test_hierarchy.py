@@ -1,8 +1,8 @@
 """Class hierarchies: the card's families, back-off to a family, and what the outputs say.
 
-A hierarchical card is made from the bundled model's (its 30 AID classes take their
-families from ``configs/taxonomy/land_use_33.yaml``), so the real network runs on the
-real demo scene.
+A hierarchical card is made from the flat one of the previous bundled model (its 30 AID
+classes take their families from ``configs/taxonomy/land_use_33.yaml``), so the real
+network runs on the real demo scene with families whose members are known.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from helpers import FLAT_MODEL
 
 import rsscgeo
 from rsscgeo import load_model
 from rsscgeo.errors import ConfigError, ModelFileError
 from rsscgeo.hierarchy import CLASS_NODATA, UNCERTAIN_VALUE, Level
 from rsscgeo.modelfile import (
-    BUNDLED_MODEL,
     Calibration,
     LoadedModel,
     ModelCard,
@@ -59,7 +59,7 @@ def hierarchical(card: ModelCard, uncertain_below: float) -> ModelCard:
 
 def toy_card(uncertain_below: float = 0.5, parents: bool = True) -> ModelCard:
     """Four classes in two families: A = {a1, a2}, B = {b1, b2}."""
-    raw = json.loads(read_card(BUNDLED_MODEL).model_dump_json())
+    raw = json.loads(read_card(FLAT_MODEL).model_dump_json())
     raw["classes"] = [
         {"name": n, "color": "#102030", "parent": p if parents else None}
         for n, p in (("a1", "A"), ("a2", "A"), ("b1", "B"), ("b2", "B"))
@@ -130,10 +130,10 @@ def test_cards_refuse_inconsistent_families(tmp_path: Path) -> None:
 
 
 def test_an_old_flat_card_loads_and_inspects_flat(run_cli) -> None:
-    card = read_card(BUNDLED_MODEL)
+    card = read_card(FLAT_MODEL)
     assert card.parents == [] and all(c.parent is None for c in card.classes)
     assert not Legend.for_card(card).hierarchical
-    result = run_cli("models", "inspect", BUNDLED_MODEL)
+    result = run_cli("models", "inspect", FLAT_MODEL)
     shown = json.loads(result.output)
     assert shown["parents"] == [] and shown["classes"][0]["parent"] is None
 
@@ -170,9 +170,9 @@ def test_a_bad_taxonomy_is_one_line(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def hierarchical_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, LoadedModel]:
-    """The bundled network with families and its own calibration, on the demo scene."""
+    """The flat network with families and its own calibration, on the demo scene."""
     folder = tmp_path_factory.mktemp("hierarchy")
-    bundled = load_model(BUNDLED_MODEL)
+    bundled = load_model(FLAT_MODEL)
     loaded = LoadedModel(bundled.model, hierarchical(bundled.card, bundled.card.uncertain_below))
     outputs = rsscgeo.ClassifyOutputs(folder / "map.gpkg", folder / "map.tif")
     options = rsscgeo.ClassifyOptions(gsd=5.0, backend="torch")

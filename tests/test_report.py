@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from html.parser import HTMLParser
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pytest
 from affine import Affine
@@ -24,7 +25,7 @@ from helpers import assert_one_line_error, write_raster
 from PIL import Image
 
 from rsscgeo.cli.main import cli
-from rsscgeo.modelfile import BUNDLED_MODEL, ClassInfo, LoadedModel, load_model
+from rsscgeo.modelfile import BUNDLED_MODEL, LoadedModel, load_model
 
 DEMO_SCENE = Path(__file__).resolve().parents[1] / "examples" / "scenes" / "naip_2020_rgbn.tif"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -109,6 +110,22 @@ def _parse(html: str) -> _Page:
     return page
 
 
+def _legend(html: str) -> str:
+    """The legend's list, with the list of each family nested in it."""
+    start = html.index('<ul class="legend">')
+    depth = 0
+    for tag in re.finditer(r"<(/?)ul\b", html[start:]):
+        depth += -1 if tag.group(1) else 1
+        if depth == 0:
+            return html[start : start + tag.start()]
+    raise AssertionError("the legend's list is not closed")
+
+
+def _mapped(demo: Run) -> set[str]:
+    """What the demo map says somewhere: classes, families, Uncertain."""
+    return set(gpd.read_file(demo.report.with_name("demo.gpkg"))["class_name"])
+
+
 def _decoded(uri: str) -> Image.Image:
     header, _, data = uri.partition(",")
     assert header in ("data:image/png;base64", "data:image/jpeg;base64"), header
@@ -133,14 +150,15 @@ def test_report_is_one_self_contained_file(demo: Run) -> None:
     scene, classes = pictures["scene"], pictures["classes"]
     assert max(scene.size) <= 1025  # a decimated quicklook, not the 2 m reading grid
     assert classes.size == (16, 13) and classes.mode == "RGBA"  # one pixel per patch
-    # The legend: every class present, in the model card's colours.
+    # The legend: everything the map says, in the model card's colours (families too).
     card = load_model(BUNDLED_MODEL).card
     swatches = re.findall(r'class="swatch" style="background:(#[0-9a-f]{6})"></span>([^<]+)', html)
-    colors = {c.name: c.color for c in card.classes}
-    named = {name.strip(): color for color, name in swatches}
-    assert {"Pond", "Meadow", "Uncertain"} <= set(named)
+    colors = {c.name: c.color for c in [*card.classes, *card.parents]}
+    named = {name.strip().removesuffix(" (class doubtful)"): color for color, name in swatches}
+    assert _mapped(demo) <= set(named) and "Uncertain" in named
     assert all(named[n] == colors[n] for n in named if n != "Uncertain")
-    for words in ("tf_efficientnet_lite0", "30 classes", "GSD 2 m/px", "patch size 150 px"):
+    facts = (f"{card.num_classes} classes", "GSD 2 m/px", "patch size 150 px")
+    for words in ("tf_efficientnet_lite0", *facts):
         assert words in html
     assert "reading upsampled to 2 m/px" in html  # the GSD decision
     assert "local Dask cluster" in html and "ONNX Runtime" in html
@@ -150,7 +168,8 @@ def test_report_is_one_self_contained_file(demo: Run) -> None:
 
 def test_report_areas_equal_the_areas_csv(demo: Run) -> None:
     with demo.areas.open() as handle:
-        table = {row["class"]: row for row in csv.DictReader(handle)}
+        # The report's table lists what the map says; the CSV adds each family's total.
+        table = {r["class"]: r for r in csv.DictReader(handle) if r["level"] != "family"}
     present = {n for n, row in table.items() if int(row["patches"]) or n == "Uncertain"}
     rows = _parse(demo.report.read_text(encoding="utf-8")).area_rows
     assert {r[0] for r in rows} == present
@@ -201,8 +220,14 @@ def test_report_escapes_class_names_and_metadata(tmp_path: Path) -> None:
     from rsscgeo.scene.report import render_report
 
     bundled = load_model(BUNDLED_MODEL)
-    classes = [ClassInfo(name=c.name + ODD, color=c.color) for c in bundled.card.classes]
-    loaded = LoadedModel(bundled.model, bundled.card.model_copy(update={"classes": classes}))
+    card = bundled.card
+    classes = [
+        c.model_copy(update={"name": c.name + ODD, "parent": c.parent and c.parent + ODD})
+        for c in card.classes
+    ]
+    parents = [p.model_copy(update={"name": p.name + ODD}) for p in card.parents]
+    card = card.model_copy(update={"classes": classes, "parents": parents})
+    loaded = LoadedModel(bundled.model, card)
     # At 10 m the demo scene is 4 x 3 patches; Uncertain off, so classes are mapped.
     options = ClassifyOptions(gsd=10.0, uncertain_below=0.0, backend="torch")
     plan = plan_scene([DEMO_SCENE], loaded, options, ClassifyOutputs(gpkg=tmp_path / "o.gpkg"))
@@ -211,8 +236,9 @@ def test_report_escapes_class_names_and_metadata(tmp_path: Path) -> None:
     plan = replace(plan, metadata={"stac_item_ids": "item<1>&'2'"})
     html = render_report(plan, summary)
     assert ODD.strip() not in html and "item<1>" not in html
-    mapped = [a.name for a in summary.areas if a.patches]
-    assert mapped and all(n.endswith(ODD) for n in mapped)
+    assert all(a.name.endswith(ODD) for a in summary.areas if a.patches)
+    mapped = [a.name for a in summary.areas if a.patches and a.level != "family"]
+    assert mapped
     escaped = " &lt;b&gt;&amp;&quot;&#x27;&lt;/b&gt;"
     assert html.count(escaped) >= 3 * len(mapped)  # legend, table, chart (bar and title)
     assert "item&lt;1&gt;&amp;&#x27;2&#x27;" in html
@@ -309,10 +335,10 @@ def test_report_renders_in_chromium(demo: Run, tmp_path: Path) -> None:
     assert (pixels < 250).any(axis=2).mean() > 0.2  # not all white
     dom = _chromium(demo.report, tmp_path / "profile", "--dump-dom")
     assert not _console(dom.stderr), _console(dom.stderr)
-    legend = re.search(r'<ul class="legend">(.*?)</ul>', dom.stdout, re.S)
-    assert legend is not None
-    for name in ("Pond", "Meadow", "River", "Uncertain"):
-        assert f"</span>{name} <small>" in legend.group(1)
+    legend = _legend(dom.stdout)
+    for name in _mapped(demo):
+        shown = (f"</span>{name} <small>", f"</span>{name} (class doubtful) <small>")
+        assert any(text in legend for text in shown), name
 
 
 @pytest.mark.slow

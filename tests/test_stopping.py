@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 from clusters import SCENE, SMALL, outputs, rsscgeo_classify
-from helpers import SlowMeanColour
+from helpers import FLAT_MODEL, SlowMeanColour
 
 from rsscgeo import ClassifyOutputs, classify_scene, load_model, open_engine
 from rsscgeo.cli.main import stop_signals
 from rsscgeo.errors import RunInterrupted
-from rsscgeo.modelfile import BUNDLED_MODEL, LoadedModel
+from rsscgeo.modelfile import LoadedModel
 from rsscgeo.scene.staging import Staging
 from rsscgeo.stopping import STOP
 
@@ -90,7 +90,7 @@ def test_a_request_wakes_a_waiting_loop_at_once() -> None:
 def test_a_stop_request_stops_classify_between_chunks(tmp_path: Path) -> None:
     """The engine waits for results in bounded steps, so a request made while every
     worker is busy stops the run within a chunk, with the journal kept."""
-    card = load_model(BUNDLED_MODEL).card
+    card = load_model(FLAT_MODEL).card  # the fake networks answer its 30 classes
     slow = LoadedModel(SlowMeanColour(seconds=0.3).eval(), card)
     out = outputs(tmp_path, "run")
     journal = tmp_path / ".run.gpkg.journal"

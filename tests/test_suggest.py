@@ -69,8 +69,8 @@ def test_suggest_writes_a_styled_to_label_layer(tmp_path: Path, run_cli) -> None
     picks = gpd.read_file(gpkg, layer="to_label")
     patches = gpd.read_file(gpkg, layer="map")
     assert len(picks) == 7
-    assert list(picks.columns[:5]) == ["label", "predicted", "score", "row", "col"]
-    assert picks["label"].isna().all()
+    assert list(picks.columns[:6]) == ["label", "new_class", "predicted", "score", "row", "col"]
+    assert picks["label"].isna().all() and picks["new_class"].isna().all()
     assert len(set(zip(picks["row"], picks["col"], strict=True))) == 7  # no patch twice
     assert picks.crs == patches.crs
     # Each pick is a patch of the map, with the map's most probable class as the guess.

@@ -1,4 +1,7 @@
-"""Calibrated scores and the Uncertain class in classify's outputs, on the bundled scene."""
+"""Calibrated scores and the Uncertain class in classify's outputs, on the bundled scene.
+
+The model is the flat-card one (no families), so that Uncertain is the only back-off.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +13,13 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-from helpers import assert_one_line_error
+from helpers import FLAT_MODEL, assert_one_line_error
 
 import rsscgeo
 from rsscgeo import load_model
 from rsscgeo.errors import OptionError, SceneError
 from rsscgeo.hierarchy import Level
-from rsscgeo.modelfile import BUNDLED_MODEL, Calibration, LoadedModel, ModelCard, save_model
+from rsscgeo.modelfile import Calibration, LoadedModel, ModelCard, save_model
 from rsscgeo.scene.legend import UNCERTAIN_GREYS, Legend
 
 SCENE = Path("examples", "scenes", "naip_2020_rgbn.tif")  # in the repository
@@ -33,14 +36,14 @@ def calibration(uncertain_below: float) -> Calibration:
 
 
 def write_calibrated_model(folder: Path, scene: Path) -> tuple[Path, float]:
-    """The bundled model with a calibration whose threshold splits the scene's patches.
+    """The flat model with a calibration whose threshold splits the scene's patches.
 
     Returns:
         The model file and its card's ``uncertain_below``: halfway across the widest
         gap between the scene's calibrated top-1 scores in their middle half, so about
         half the patches are Uncertain and no score is near the threshold.
     """
-    bundled = load_model(BUNDLED_MODEL)
+    bundled = load_model(FLAT_MODEL)
     card = bundled.card.model_copy(update={"calibration": calibration(0.0)})
     data = rsscgeo.patch_dataset([scene], LoadedModel(bundled.model, card)).compute()
     scores = np.sort(data.score.values[data.class_id.values >= 0])
@@ -140,14 +143,14 @@ def test_probabilities_are_calibrated_by_the_card_temperature(
 ) -> None:
     model, _ = calibrated
     gpkg = tmp_path / "plain.gpkg"
-    assert run_cli("classify", scene, "--out", gpkg).exit_code == 0  # the bundled model
+    assert run_cli("classify", scene, "--model", FLAT_MODEL, "--out", gpkg).exit_code == 0
     _, calibrated_gpkg, _ = classify(run_cli, scene, model, tmp_path)
     card = load_model(model).card
     p_cols = [f"p_{n}" for n in card.class_names]
     plain = gpd.read_file(gpkg, layer="plain")[p_cols].to_numpy(np.float64)
     scaled = gpd.read_file(calibrated_gpkg, layer="labels")[p_cols].to_numpy(np.float64)
     # softmax(logits / T) = softmax(log(softmax(logits / T0)) * T0 / T), T0 the bundled one's
-    bundled = load_model(BUNDLED_MODEL).card.temperature
+    bundled = load_model(FLAT_MODEL).card.temperature
     expected = np.exp(np.log(plain) * bundled / TEMPERATURE)
     expected /= expected.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(scaled, expected, atol=1e-4)
@@ -208,7 +211,7 @@ def test_uncertain_below_outside_0_1_is_a_one_line_error(
 
 
 def _card(**update: object) -> ModelCard:
-    return load_model(BUNDLED_MODEL).card.model_copy(update=update)
+    return load_model(FLAT_MODEL).card.model_copy(update=update)
 
 
 def test_a_class_named_uncertain_is_refused_while_uncertain_is_on(
@@ -217,7 +220,7 @@ def test_a_class_named_uncertain_is_refused_while_uncertain_is_on(
     card = _card(calibration=calibration(0.4))
     classes = [card.classes[0].model_copy(update={"name": "uncertain"}), *card.classes[1:]]
     card = card.model_copy(update={"classes": classes})
-    loaded = LoadedModel(load_model(BUNDLED_MODEL).model, card)
+    loaded = LoadedModel(load_model(FLAT_MODEL).model, card)
     outputs = rsscgeo.ClassifyOutputs(gpkg=tmp_path / "o.gpkg")
     with pytest.raises(SceneError, match=r"class named 'uncertain'.*uncertain_below=0") as caught:
         rsscgeo.plan_scene([scene], loaded, rsscgeo.ClassifyOptions(), outputs)

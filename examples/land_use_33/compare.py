@@ -191,7 +191,9 @@ def main() -> None:
     parser.add_argument("models", nargs="*", help="name=path pairs [default: the candidates]")
     args = parser.parse_args()
     chosen = dict(m.split("=", 1) for m in args.models) if args.models else CANDIDATES
-    results = {}
+    # Candidates scored before (other sessions) stay in the tables; those given are rescored.
+    saved = HERE / "results.json"
+    results = json.loads(saved.read_text()) if saved.is_file() else {}
     with tempfile.TemporaryDirectory() as folder:
         mosaic = heldout_mosaic(Path(folder))
         for name, path in chosen.items():
@@ -199,7 +201,7 @@ def main() -> None:
             if path.is_file():
                 print(f"scoring {name}: {path}", flush=True)
                 results[name] = score(path, name, mosaic)
-    (HERE / "results.json").write_text(json.dumps(results, indent=2))
+    saved.write_text(json.dumps(results, indent=2))
     (HERE / "results.md").write_text(table(results))
     print(table(results))
 

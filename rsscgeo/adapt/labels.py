@@ -7,7 +7,10 @@ Labels come from any vector file GDAL reads, in any CRS:
 * points label the patch that holds them (where patches overlap, the one whose centre
   is nearest).
 
-Rows whose label is NULL or blank are ignored (the suggestions not labelled yet).
+Rows whose label is NULL or blank are ignored (the suggestions not labelled yet). In a
+layer that has the field ``new_class`` (``classify --suggest``'s), a name filled there
+is the row's label, whatever the label field says: QGIS's drop-down on ``label`` offers
+only the model's classes and families.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import shapely
 
 from rsscgeo.errors import LabelsError, first_line
 from rsscgeo.scene.grid import PatchGrid
+from rsscgeo.scene.style import LabelFields
 
 # A polygon labels a patch when it covers at least this share of the patch's area.
 MIN_COVER = 0.5
@@ -41,7 +45,8 @@ class LabelRows:
         path: The file.
         layer: The layer read.
         field: The field holding the labels.
-        frame: The rows with a label and a geometry (label stripped of blanks).
+        frame: The rows with a label and a geometry (label stripped of blanks; a
+            filled ``new_class`` in its place).
     """
 
     path: Path
@@ -96,6 +101,10 @@ def read_label_rows(path: Path, layer: str | None = None, field: str = "label") 
             "scene; assign one (QGIS: Layer > Set CRS, or ogr2ogr -a_srs)."
         )
     text = frame[field].astype("string").str.strip()
+    new_class = LabelFields().new_class
+    if new_class in frame.columns and new_class != field:
+        new = frame[new_class].astype("string").str.strip()
+        text = new.where(new.notna() & (new != ""), text)
     keep = text.notna() & (text != "") & frame.geometry.notna() & ~frame.geometry.is_empty
     frame = frame.loc[keep].copy()
     frame[field] = text[keep].astype(str)

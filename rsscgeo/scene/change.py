@@ -573,7 +573,7 @@ class ChangeGeoTiff:
         for band, name in enumerate(("from_class", "to_class", CHANGED_FIELD), start=1):
             dst.set_band_description(band, name)
         dst.update_tags(
-            classes=",".join(self.legend.card.class_names),
+            classes=",".join(self.legend.mapped_names),  # by from/to band value
             uncertain_below=f"{self.legend.uncertain_below:g}",
             **self.metadata,
         )

@@ -40,7 +40,6 @@ from rsscgeo.scene.plan import ScenePlan, plan_scene, refuse_existing
 from rsscgeo.scene.staging import Staging
 from rsscgeo.scene.style import to_label_qml
 from rsscgeo.scene.suggest import (
-    LABEL_FIELD,
     POOL_PER_PICK,
     TO_LABEL_LAYER,
     CandidatePool,
@@ -257,7 +256,7 @@ def _add_suggestions(plan: ScenePlan, pool: CandidatePool, gpkg: GeoPackageWrite
     assert plan.outputs is not None
     picks = suggest(pool, plan.outputs.suggest, plan, plan.network or plan.model)
     card = plan.model.card
-    qml = to_label_qml([*card.class_names, *card.parent_names], LABEL_FIELD, "predicted")
+    qml = to_label_qml([*card.class_names, *card.parent_names])
     frame = suggest_frame(picks, plan.grid)
     gpkg.file.add_layer(TO_LABEL_LAYER, frame, qml, "rsscgeo patches to label")
     return len(frame)

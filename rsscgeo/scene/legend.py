@@ -145,6 +145,11 @@ class Legend:
         return entries
 
     @property
+    def mapped_names(self) -> list[str]:
+        """The names of map values 0, 1, ...: the classes, then the families if named."""
+        return [e.name for e in self.entries if e.value != UNCERTAIN_VALUE]
+
+    @property
     def names(self) -> dict[int, str]:
         """Entry names by map value."""
         return {e.value: e.name for e in self.entries}

@@ -10,12 +10,15 @@ from collections.abc import Sequence
 
 import dask.array as da
 import numpy as np
+import numpy.typing as npt
 import xarray as xr
 from dask.delayed import delayed
 
 from rsscgeo.backends import model_device
+from rsscgeo.hierarchy import UNCERTAIN_VALUE
 from rsscgeo.modelfile import LoadedModel
 from rsscgeo.scene.inference import prepare_model
+from rsscgeo.scene.legend import Legend
 from rsscgeo.scene.options import ClassifyOptions
 from rsscgeo.scene.plan import plan_scene
 from rsscgeo.sources import SceneLike
@@ -29,7 +32,9 @@ def patch_dataset(
     Variables on dimensions ``y``, ``x`` (patch centres in the scene's CRS) and
     ``class``: ``probability`` (calibrated; NaN for skipped patches), ``class_id``
     (the top-1 class, -1 when skipped), ``score`` (the top-1 probability),
-    ``uncertain`` (True where ``classify_scene`` maps the patch as Uncertain: score
+    ``map_value`` (what the map says, as in the GeoTIFF's class band: the class id, the
+    number of classes + the family's index for a patch named by its family, 254
+    Uncertain, 255 skipped), ``uncertain`` (True where the map says Uncertain: score
     below ``options.uncertain_below``, default the card's, and on a card with families
     and back-off, the most probable family's probability ``family_score`` too) and
     ``valid_fraction``.
@@ -79,14 +84,24 @@ def patch_dataset(
         data.probability.fillna(-1).argmax("class").where(classified, -1).astype(np.int32)
     )
     data["score"] = data.probability.max("class")
-    threshold = plan.legend.uncertain_below
-    data["uncertain"] = data.score < threshold  # NaN (skipped): False
-    if plan.legend.hierarchical:
+    legend = plan.legend
+    data["map_value"] = (("y", "x"), _map_values(probability, legend))
+    data["uncertain"] = data.map_value == UNCERTAIN_VALUE
+    if legend.hierarchical:
         family = xr.DataArray([c.parent for c in card.classes], dims="class", name="family")
         data["family_score"] = data.probability.groupby(family).sum("class").max("family")
         data["family_score"] = data.family_score.where(classified)
-        data["uncertain"] = data.uncertain & (data.family_score < threshold)
     return data
+
+
+def _map_values(probability: da.Array, legend: Legend) -> da.Array:
+    """What the GeoTIFF's class band says per patch, block by block (``Legend.label``)."""
+
+    def values(block: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
+        return legend.label(block).values.astype(np.uint8)
+
+    mapped = da.map_blocks(values, probability, drop_axis=2, dtype=np.uint8)  # type: ignore[no-untyped-call]
+    return mapped  # type: ignore[no-any-return]
 
 
 def _lazy(value: object, shape: tuple[int, ...]) -> da.Array:

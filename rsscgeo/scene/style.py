@@ -4,14 +4,16 @@ The legend is the card's classes and, when enabled, Uncertain (see ``legend``). 
 change map's style draws changed patches in a strong colour and the others as thin
 outlines only (see ``change``). The ``to_label`` layer of ``classify --suggest`` is
 drawn as outlines (yellow while unlabelled, cyan once labelled) with the model's guess
-or the given label written inside, and its ``label`` field edits through a drop-down
-of the model's classes and families (see ``to_label_qml``).
+or the given label written inside; its ``label`` field edits through a drop-down of the
+model's classes and families, and ``new_class`` takes a name the model lacks (see
+``to_label_qml``).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 
 from rsscgeo.scene.legend import Legend
@@ -34,6 +36,22 @@ CREATE TABLE IF NOT EXISTS layer_styles (
     styleSLD TEXT, useAsDefault BOOLEAN, description TEXT, owner TEXT(30), ui TEXT(30),
     update_time DATETIME DEFAULT CURRENT_TIMESTAMP
 )"""
+
+
+@dataclass(frozen=True)
+class LabelFields:
+    """The text fields of a layer of patches to label (``classify --suggest``).
+
+    Attributes:
+        label: The user's choice among the model's classes and families.
+        new_class: A class name the model lacks; when filled, it is the patch's label.
+            QGIS 3.22 has no drop-down that also takes free text, hence two fields.
+        predicted: The model's most probable class, shown until the patch is labelled.
+    """
+
+    label: str = "label"
+    new_class: str = "new_class"
+    predicted: str = "predicted"
 
 
 def categorised_qml(legend: Legend, field: str = CLASS_FIELD) -> str:
@@ -74,19 +92,20 @@ def change_qml(field: str = CHANGED_FIELD) -> str:
     return _DOCTYPE + ET.tostring(root, encoding="unicode")
 
 
-def to_label_qml(choices: list[str], label_field: str, guess_field: str) -> str:
-    """A QGIS 3 style for patches to label: outlines, a text label, a drop-down editor.
+def to_label_qml(choices: list[str], fields: LabelFields = LabelFields()) -> str:
+    """A QGIS 3 style for patches to label: outlines, a text label, a form for the label.
 
-    Unlabelled patches (``label_field`` NULL or empty) are outlined in ``TO_LABEL_RGB``
-    and show ``guess_field`` followed by "?"; labelled ones are outlined in
-    ``LABELLED_RGB`` and show their label. ``label_field`` edits through a value map of
-    ``choices`` (the model's classes and families), with an empty entry to clear it.
-    A name the model does not know can still be written into the field (attribute
-    table, field calculator); the drop-down shows it in brackets.
+    Unlabelled patches (both label fields NULL or blank) are outlined in
+    ``TO_LABEL_RGB`` and show the model's guess followed by "?"; labelled ones are
+    outlined in ``LABELLED_RGB`` and show their label. ``fields.label`` edits through a
+    value map of ``choices`` (the model's classes and families) with an empty entry to
+    clear it; ``fields.new_class`` is free text for a class the model lacks and wins
+    over the drop-down.
     """
     root = _style_root("Symbology|Labeling|Fields|Forms")
     root.set("labelsEnabled", "1")
-    unlabelled = f'"{label_field}" IS NULL OR trim("{label_field}") = \'\''
+    label = _blank_or(fields.new_class, f'"{fields.label}"')
+    unlabelled = f"{_blank(fields.new_class)} AND {_blank(fields.label)}"
     renderer = ET.SubElement(root, "renderer-v2", type="RuleRenderer")
     _renderer_defaults(renderer)
     rules = ET.SubElement(renderer, "rules", key="root")
@@ -95,20 +114,32 @@ def to_label_qml(choices: list[str], label_field: str, guess_field: str) -> str:
     symbols = ET.SubElement(renderer, "symbols")
     _fill_symbol(symbols, "0", None, outline=(*TO_LABEL_RGB, 255), width="0.8")
     _fill_symbol(symbols, "1", None, outline=(*LABELLED_RGB, 255), width="0.8")
-    text = f'if({unlabelled}, "{guess_field}" || \'?\', "{label_field}")'
-    _text_labels(root, text)
-    fields = ET.SubElement(root, "fieldConfiguration")
-    entry = ET.SubElement(fields, "field", name=label_field, configurationFlags="None")
-    widget = ET.SubElement(entry, "editWidget", type="ValueMap")
-    config = ET.SubElement(widget, "config")
-    options = ET.SubElement(config, "Option", type="Map")
+    _text_labels(root, f"if({unlabelled}, \"{fields.predicted}\" || '?', {label})")
+    config = ET.SubElement(root, "fieldConfiguration")
+    choice = ET.SubElement(config, "field", name=fields.label, configurationFlags="None")
+    widget = ET.SubElement(choice, "editWidget", type="ValueMap")
+    options = ET.SubElement(ET.SubElement(widget, "config"), "Option", type="Map")
     mapping = ET.SubElement(options, "Option", type="List", name="map")
     for name in ["", *choices]:
         item = ET.SubElement(mapping, "Option", type="Map")
         # An empty value reads NULL in QGIS's value map (its "<NULL>" entry).
         value = name or "{2839923C-8B7D-419E-B84B-CA2FE9B80EC7}"
         ET.SubElement(item, "Option", type="QString", name=name or "(none)", value=value)
+    free = ET.SubElement(config, "field", name=fields.new_class, configurationFlags="None")
+    ET.SubElement(ET.SubElement(free, "editWidget", type="TextEdit"), "config")
+    aliases = ET.SubElement(root, "aliases")
+    ET.SubElement(aliases, "alias", field=fields.label, name="label (a class or family)")
+    ET.SubElement(aliases, "alias", field=fields.new_class, name="new class (if none fits)")
     return _DOCTYPE + ET.tostring(root, encoding="unicode")
+
+
+def _blank(field: str) -> str:
+    return f'("{field}" IS NULL OR trim("{field}") = \'\')'
+
+
+def _blank_or(field: str, otherwise: str) -> str:
+    """``field``'s value, or ``otherwise`` where it is blank (a QGIS expression)."""
+    return f'if({_blank(field)}, {otherwise}, "{field}")'
 
 
 def _text_labels(root: ET.Element, expression: str) -> None:
@@ -182,16 +213,23 @@ def _rgba(color: tuple[int, int, int, int]) -> str:
 
 
 def embed_default_style(
-    gpkg: Path, layer: str, geometry_column: str, qml: str, description: str = "rsscgeo classes"
+    gpkg: Path, layer: str, qml: str, description: str = "rsscgeo classes"
 ) -> None:
-    """Store ``qml`` in the GeoPackage's ``layer_styles`` table as the layer's default."""
+    """Store ``qml`` in the GeoPackage's ``layer_styles`` table as ``layer``'s default.
+
+    QGIS picks a layer's default style by table and geometry column name, so the
+    row names the column GDAL actually wrote (``geom``), read from the file.
+    """
     with sqlite3.connect(gpkg) as db:
+        column = db.execute(
+            "SELECT column_name FROM gpkg_geometry_columns WHERE table_name = ?", (layer,)
+        ).fetchone()
         db.execute(_LAYER_STYLES_SQL)
         db.execute(
             "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, "
             "f_geometry_column, styleName, styleQML, styleSLD, useAsDefault, description) "
             "VALUES ('', '', ?, ?, ?, ?, '', 1, ?)",
-            (layer, geometry_column, layer, qml, description),
+            (layer, column[0] if column else "", layer, qml, description),
         )
         # Registered as an attributes table so GDAL and QGIS treat it as part of the file.
         db.execute(

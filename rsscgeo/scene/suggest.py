@@ -31,9 +31,9 @@ from rsscgeo.scene.grid import PatchGrid
 from rsscgeo.scene.inference import ChunkResult
 from rsscgeo.scene.patches import embed, read_cells
 from rsscgeo.scene.plan import ScenePlan
+from rsscgeo.scene.style import LabelFields
 
 TO_LABEL_LAYER = "to_label"
-LABEL_FIELD = "label"
 # Candidates kept per pick: enough doubt to choose diverse picks from, few enough that
 # every pick stays among the scene's most uncertain patches.
 POOL_PER_PICK = 4
@@ -153,11 +153,14 @@ def suggest(pool: CandidatePool, count: int, plan: ScenePlan, network: LoadedMod
 
 
 def suggest_frame(suggestions: Suggestions, grid: PatchGrid) -> gpd.GeoDataFrame:
-    """The ``to_label`` layer: one patch polygon per pick, ``label`` left empty.
+    """The ``to_label`` layer: one patch polygon per pick, its label fields left empty.
 
-    Fields: ``label`` (for the user), ``predicted`` (the model's most probable class),
-    ``score`` (its calibrated probability), ``row``, ``col`` (the patch on the grid).
+    Fields: ``label`` and ``new_class`` (for the user, see ``LabelFields``),
+    ``predicted`` (the model's most probable class), ``score`` (its calibrated
+    probability), ``row``, ``col`` (the patch on the grid).
     """
+    fields = LabelFields()
+    empty = pd.Series([None] * len(suggestions.rows), dtype="string")
     boxes = [
         grid.patch_bounds(int(r), int(c))
         for r, c in zip(suggestions.rows, suggestions.cols, strict=True)
@@ -165,8 +168,9 @@ def suggest_frame(suggestions: Suggestions, grid: PatchGrid) -> gpd.GeoDataFrame
     geometry = shapely.box(*np.array(boxes).T) if boxes else []
     frame = pd.DataFrame(
         {
-            LABEL_FIELD: pd.Series([None] * len(boxes), dtype="string"),
-            "predicted": pd.Series(suggestions.predicted, dtype="string"),
+            fields.label: empty,
+            fields.new_class: empty,
+            fields.predicted: pd.Series(suggestions.predicted, dtype="string"),
             "score": suggestions.score.astype(np.float32),
             "row": suggestions.rows.astype(np.int32),
             "col": suggestions.cols.astype(np.int32),

@@ -87,7 +87,7 @@ class GeoPackageLayer:
         """
         if self.count == 0:
             self._write(schema, append=False)
-        embed_default_style(self.tmp, self.layer, "geometry", qml, description)
+        embed_default_style(self.tmp, self.layer, qml, description)
         self.staging.stage(self.path.with_suffix(".qml")).write_text(qml)
 
     def add_layer(self, name: str, frame: gpd.GeoDataFrame, qml: str, description: str) -> None:
@@ -96,7 +96,7 @@ class GeoPackageLayer:
         The style is also staged beside the output as ``<stem>.<name>.qml``.
         """
         frame.to_file(self.tmp, layer=name, driver="GPKG", engine="pyogrio")
-        embed_default_style(self.tmp, name, "geometry", qml, description)
+        embed_default_style(self.tmp, name, qml, description)
         self.staging.stage(self.path.with_name(f"{self.path.stem}.{name}.qml")).write_text(qml)
 
     def _write(self, frame: gpd.GeoDataFrame, *, append: bool) -> None:
@@ -279,7 +279,7 @@ class GeoTiffWriter:
             self.dst.set_band_description(index + 2, f"p_{name}")
         self.dst.update_tags(
             1,
-            classes=",".join(self.card.class_names),
+            classes=",".join(self.legend.mapped_names),  # by class band value
             uncertain_below=f"{self.legend.uncertain_below:g}",
         )
         if self.metadata:

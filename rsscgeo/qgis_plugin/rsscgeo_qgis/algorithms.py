@@ -237,7 +237,8 @@ class SuggestAlgorithm(ClassifyAlgorithm):
     summary = (
         "Classifies the scene as 'Classify scene' does and adds the layer to_label to the "
         "GeoPackage: N patches worth a label (uncertain and unlike each other). Fill their "
-        "label field (a drop-down of the model's classes), then run 'Adapt model'."
+        "label field (a drop-down of the model's classes and families; new_class for one "
+        "it lacks), then run 'Adapt model'."
     )
 
     def add_extra_parameters(self) -> None:

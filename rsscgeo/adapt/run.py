@@ -276,6 +276,26 @@ def _start(
 
 
 @torch.no_grad()
+def _outside_new_classes(
+    base: SplitNetwork, distilled: torch.Tensor, labelled: torch.Tensor, new: list[bool]
+) -> torch.Tensor:
+    """The unlabelled patches whose nearest labelled patch is not of a new class.
+
+    Distillation holds the adapted model to the base model's classes on unlabelled
+    patches, so it must skip those likely to be of a class the base model lacks: the
+    patches whose nearest labelled patch (cosine, the base model's pooled features of
+    the plain view) carries a new name.
+    """
+    if not any(new) or not len(distilled[0]):
+        return distilled
+    unlabelled = F.normalize(base.tail(distilled[0]), dim=1)
+    reference = F.normalize(base.tail(labelled[0]), dim=1)
+    nearest = (unlabelled @ reference.T).argmax(1)
+    keep = ~torch.tensor(new)[nearest]
+    return distilled[:, keep]
+
+
+@torch.no_grad()
 def _training_data(
     base: SplitNetwork,
     classes: AdaptedClasses,
@@ -288,6 +308,7 @@ def _training_data(
     groups = torch.tensor([order.index(n) for n in names])
     kept = [i for i, b in enumerate(classes.base_index) if b >= 0]
     base_columns = [classes.base_index[i] for i in kept]
+    distilled = _outside_new_classes(base, distilled, labelled, [n in classes.new for n in names])
     if len(distilled[0]):
         views = [F.softmax(base.logits(v)[:, base_columns], 1) for v in distilled]
         teacher = torch.stack(views)

@@ -24,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from rsscgeo.errors import ModelFileError
+from rsscgeo.exemplars import Exemplars, is_exemplar_tensor
 
 CARD_KEY = "rsscgeo.card"
 # The default model shipped in the source tree: 33 land-use classes in 7 families, trained
@@ -120,7 +121,20 @@ class Adaptation(BaseModel):
     only_labelled_classes: bool = False
     adapted_blocks: int = Field(ge=0, description="Network stages fine-tuned (0: classifier).")
     distilled_patches: int = Field(ge=0, description="Unlabelled patches the base taught.")
+    rehearsed_exemplars: int = Field(
+        default=0, ge=0, description="The base model's training tiles it also taught on."
+    )
     cross_validation: dict[str, float] = Field(default_factory=dict)
+
+
+class ExemplarInfo(BaseModel):
+    """The training tiles stored in the model file for ``adapt``'s rehearsal."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int = Field(ge=0)
+    per_class: int = Field(ge=0, description="At most this many tiles of each class.")
+    drawn_from: str = Field(description="Where the tiles were drawn (never a test split).")
 
 
 class Calibration(BaseModel):
@@ -171,6 +185,7 @@ class ModelCard(BaseModel):
     calibration: Calibration | None = None
     provenance: Provenance
     adaptation: Adaptation | None = None
+    exemplars: ExemplarInfo | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -259,6 +274,17 @@ class LoadedModel:
 
     model: torch.nn.Module
     card: ModelCard
+    path: Path | None = None  # the file it was loaded from (None: built in memory)
+
+    def exemplars(self) -> Exemplars | None:
+        """The training tiles the model's file carries, for rehearsal (``None``: none).
+
+        Raises:
+            ModelFileError: If the file is gone or its exemplars cannot be decoded.
+        """
+        if self.path is None or self.card.exemplars is None:
+            return None
+        return read_exemplars(self.path)
 
     @cached_property
     def identity(self) -> str:
@@ -274,7 +300,7 @@ class LoadedModel:
         For views of these weights: moved to a device, channels-last, or exported to
         another runtime (see ``rsscgeo.backends``).
         """
-        other = LoadedModel(model, self.card)
+        other = LoadedModel(model, self.card, self.path)
         other.__dict__["identity"] = self.identity  # what cached_property would store
         return other
 
@@ -298,19 +324,28 @@ def model_identity(model: torch.nn.Module, card: ModelCard) -> str:
 
 
 def save_model(
-    path: str | Path, model: torch.nn.Module, card: ModelCard, *, half: bool = False
+    path: str | Path,
+    model: torch.nn.Module,
+    card: ModelCard,
+    *,
+    half: bool = False,
+    exemplars: Exemplars | None = None,
 ) -> Path:
-    """Write ``model`` and ``card`` to one safetensors file.
+    """Write ``model``, ``card`` and any ``exemplars`` to one safetensors file.
 
     Args:
         path: Destination file (``.safetensors``).
         model: Network whose ``state_dict`` is saved.
-        card: The model card stored in the file's metadata.
+        card: The model card stored in the file's metadata (``card.exemplars`` must
+            describe ``exemplars``).
         half: Store floating-point weights as float16 (halves the size).
+        exemplars: Training tiles for ``adapt``'s rehearsal.
 
     Returns:
         The path written.
     """
+    if (exemplars is None) != (card.exemplars is None):
+        raise ValueError("card.exemplars must be set exactly when exemplars are saved")
     path = Path(path)
     tensors = {}
     for name, tensor in model.state_dict().items():
@@ -318,6 +353,8 @@ def save_model(
         if half and tensor.is_floating_point():
             tensor = tensor.half()
         tensors[name] = tensor
+    if exemplars is not None:
+        tensors |= exemplars.to_tensors()
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={CARD_KEY: card.model_dump_json()})
     # safetensors creates files owner-only; give the model the usual umask permissions.
@@ -394,9 +431,29 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelCard]:
     path = _existing(path)
     with _open_safetensors(path) as f:
         card = _parse_card(path, f.metadata() or {})
-        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+        names = [key for key in f.keys() if not is_exemplar_tensor(key)]  # noqa: SIM118
+        tensors = {key: f.get_tensor(key) for key in names}
     weights = {k: t.float() if t.is_floating_point() else t for k, t in tensors.items()}
     return weights, card
+
+
+def read_exemplars(path: str | Path) -> Exemplars | None:
+    """The training tiles a model file carries for rehearsal (``None`` if it has none).
+
+    Raises:
+        ModelFileError: If the file is missing or not safetensors.
+    """
+    path = _existing(path)
+    with _open_safetensors(path) as f:
+        names = [key for key in f.keys() if is_exemplar_tensor(key)]  # noqa: SIM118
+        tensors = {key: f.get_tensor(key) for key in names}
+    try:
+        return Exemplars.from_tensors(tensors)
+    except (RuntimeError, ValueError) as err:
+        raise ModelFileError(
+            f"{path}: its exemplar tiles cannot be decoded ({_first_error(err)}); the file "
+            "was edited or written by another tool."
+        ) from None
 
 
 def load_model(path: str | Path) -> LoadedModel:
@@ -425,7 +482,7 @@ def load_model(path: str | Path) -> LoadedModel:
             "the file was edited or written by another tool; retrain or re-export it."
         ) from None
     network.eval()
-    return LoadedModel(model=network, card=card)
+    return LoadedModel(model=network, card=card, path=Path(path))
 
 
 def _existing(path: str | Path) -> Path:

@@ -21,6 +21,18 @@ from qgis.core import QgsApplication, QgsProcessingContext, QgsProject
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _open_only(tree: object, provider: str) -> None:
+    """Collapse every provider's node but ``provider``'s, which is opened and scrolled to."""
+    model = tree.model()  # type: ignore[attr-defined]
+    for row in range(model.rowCount()):
+        index = model.index(row, 0)
+        if model.data(index) == provider:
+            tree.expand(index)  # type: ignore[attr-defined]
+            tree.scrollTo(index, tree.PositionAtTop)  # type: ignore[attr-defined]
+        else:
+            tree.collapse(index)  # type: ignore[attr-defined]
+
+
 def main() -> None:
     scene, out = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -36,10 +48,14 @@ def main() -> None:
     QgsApplication.processingRegistry().addProvider(RsscgeoProvider())
     tree = QgsProcessingToolboxTreeView(None, QgsApplication.processingRegistry())
     tree.setFilters(QgsProcessingToolboxProxyModel.FilterToolbox)
-    tree.setFilterString("rsscgeo")
-    tree.expandAll()
-    tree.resize(420, 260)
+    tree.setHeaderHidden(True)
+    tree.resize(420, 300)
+    tree.show()  # an item view lays out its rows only once shown
+    app.processEvents()
+    _open_only(tree, "rsscgeo")
+    app.processEvents()
     tree.grab().save(str(out / "qgis_toolbox.png"))
+    print("wrote", out / "qgis_toolbox.png", flush=True)
 
     from processing.gui.AlgorithmDialog import AlgorithmDialog
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import shapely
+import torch
 from affine import Affine
 from helpers import assert_one_line_error
 from rasterio.crs import CRS
@@ -19,7 +20,7 @@ from rsscgeo import load_model
 from rsscgeo.adapt.classes import adapted_classes
 from rsscgeo.adapt.labels import LabelRows, patches_of, read_label_rows
 from rsscgeo.errors import LabelsError, RunInterrupted
-from rsscgeo.modelfile import BUNDLED_MODEL
+from rsscgeo.modelfile import BUNDLED_MODEL, LoadedModel, read_exemplars
 from rsscgeo.scene.grid import PatchGrid
 from rsscgeo.stopping import STOP
 
@@ -168,7 +169,9 @@ def suggested(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.real_data
-def test_adapt_writes_a_model_that_classifies(tmp_path: Path, run_cli, suggested: Path) -> None:
+def test_adapt_writes_a_model_that_classifies(
+    tmp_path: Path, run_cli, suggested: Path, aid_dir: Path
+) -> None:
     out = tmp_path / "adapted.safetensors"
     result = run_cli(
         "adapt", BUNDLED_MODEL, DEMO, "--labels", suggested, "--out", out, "--seed", "1"
@@ -203,6 +206,42 @@ def test_adapt_writes_a_model_that_classifies(tmp_path: Path, run_cli, suggested
     )
     kept = (said[rest] == before.reindex(said.index)[rest]) | (said[rest] == "Vineyard")
     assert kept.mean() >= 0.8
+    # And on imagery unlike the scene: AID held-out images of the classes no label names
+    # keep their accuracy, which the base model's own training tiles (rehearsed) protect.
+    assert base.card.exemplars is not None and card.exemplars is not None
+    assert card.adaptation.rehearsed_exemplars == base.card.exemplars.count
+    assert card.exemplars.count == base.card.exemplars.count
+    carried, rehearsed = read_exemplars(out), read_exemplars(BUNDLED_MODEL)
+    assert carried is not None and rehearsed is not None
+    assert carried.classes.tolist() == rehearsed.classes.tolist()  # base classes come first
+    before_acc, after_acc = _unlabelled_aid_accuracy(
+        [base, adapted], set(labelled["label"]), aid_dir
+    )
+    assert after_acc >= before_acc - 0.05, (before_acc, after_acc)
+
+
+def _unlabelled_aid_accuracy(
+    models: list[LoadedModel], labelled: set[str], aid: Path
+) -> list[float]:
+    """Top-1 accuracy of each model on 4 held-out AID images per unlabelled class."""
+    from rsscgeo.data.cache import cached_tiles
+    from rsscgeo.training.batch_augment import BatchAugment
+
+    card = models[0].card
+    family = {c.name: c.parent for c in card.classes}
+    split = pd.read_csv(BUNDLED_MODEL.parent / "split.csv")
+    held = split[(split["split"] == "test") & ~split["labels"].isin(labelled)]
+    held = held[~held["labels"].map(family).isin(labelled)]
+    rows = held.sort_values("path").groupby("labels").head(4)
+    tiles = torch.from_numpy(
+        np.asarray(cached_tiles([aid / p for p in rows["path"]], card.eval_resize))
+    )
+    truth = torch.tensor([card.class_names.index(n) for n in rows["labels"]])
+    augment = BatchAugment(card.input_size, tuple(card.mean), tuple(card.std))
+    with torch.no_grad():
+        return [
+            float((m.model(augment.eval(tiles)).argmax(1) == truth).float().mean()) for m in models
+        ]
 
 
 @pytest.mark.real_data

@@ -168,8 +168,13 @@ def test_workers_lost_at_any_moment_cost_nothing(
     wait_for(lambda: "Starting Worker plugin rsscgeo-model" in late_log.read_text(), 120)
 
 
+# Mount calls are bounded: in some sandboxes they block instead of failing.
+MOUNT_SECONDS = 60
+
+
 def _mount_tmpfs(folder: Path, size: str) -> None:
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
+    command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
+    subprocess.run(command, check=True, timeout=MOUNT_SECONDS)
 
 
 @pytest.fixture
@@ -181,10 +186,10 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     folder.mkdir()
     try:
         _mount_tmpfs(folder, "160k")
-    except (OSError, subprocess.CalledProcessError):
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
         pytest.skip("cannot mount a tmpfs here")
     yield folder
-    subprocess.run(["umount", "-l", str(folder)], check=False)
+    subprocess.run(["umount", "-l", str(folder)], check=False, timeout=MOUNT_SECONDS)
 
 
 @pytest.mark.slow
@@ -205,7 +210,8 @@ def test_a_full_disk_is_one_line_and_resumable(
     journal = small_disk / ".run.gpkg.journal"
     assert journal.is_dir()
 
-    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    remount = ["mount", "-o", "remount,size=64m", str(small_disk)]
+    subprocess.run(remount, check=True, timeout=MOUNT_SECONDS)
     assert rsscgeo_classify(*args, "--resume", log=log).wait(timeout=600) == 0, log.read_text()
     assert_same_outputs(reference, out)
 

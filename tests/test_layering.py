@@ -27,7 +27,7 @@ LAYERS = [
         "progress",
         "qgis_plugin",
     },
-    {"networks", "data", "sources", "stac", "rasterfile", "_torchgeo"},
+    {"networks", "data", "sources", "stac", "rasterfile", "_torchgeo", "exemplars"},
     {"modelfile"},
     {"inits", "predict", "backends", "taxonomy", "hierarchy", "scene", "training"},
     {"adapt", "experiments"},

@@ -15,15 +15,18 @@ from safetensors.torch import save_file
 
 from rsscgeo import load_model
 from rsscgeo.errors import ModelFileError
+from rsscgeo.exemplars import Exemplars, choose
 from rsscgeo.modelfile import (
     BUNDLED_MODEL,
     CARD_KEY,
     ClassInfo,
+    ExemplarInfo,
     LoadedModel,
     ModelCard,
     Provenance,
     model_identity,
     read_card,
+    read_exemplars,
     read_weights,
     save_model,
 )
@@ -76,6 +79,54 @@ def test_half_precision_file_is_smaller_and_close(tmp_path: Path) -> None:
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(load_model(half).model(x), net(x), atol=0.05, rtol=0.05)
+
+
+def _smooth_tiles(count: int, bands: int, side: int) -> torch.Tensor:
+    """Tiles with imagery-like gradients (JPEG keeps them within a few levels)."""
+    ramp = torch.linspace(0, 1, side)
+    base = ramp.view(1, 1, 1, side) * ramp.view(1, 1, side, 1)
+    level = torch.arange(count * bands).view(count, bands, 1, 1) % 7 / 7
+    return ((base * 0.5 + level * 0.5) * 255).round().to(torch.uint8)
+
+
+def test_exemplars_travel_in_the_file_beside_the_weights(
+    tmp_path: Path, model_file: tuple[Path, torch.nn.Module]
+) -> None:
+    path, net = model_file
+    assert read_exemplars(path) is None and load_model(path).exemplars() is None
+    tiles = _smooth_tiles(5, 4, 32)  # any band count: each band is its own JPEG
+    exemplars = Exemplars(tiles, torch.tensor([0, 0, 1, 2, 2]))
+    info = ExemplarInfo(count=5, per_class=2, drawn_from="fixture")
+    out = save_model(tmp_path / "with.safetensors", net, _card(exemplars=info), exemplars=exemplars)
+    back = load_model(out).exemplars()  # what adapt rehearses
+    assert back is not None and back.tiles.shape == tiles.shape
+    assert back.classes.tolist() == [0, 0, 1, 2, 2]
+    assert (back.tiles.int() - tiles.int()).abs().float().mean() < 2
+    # The weights alone load; the exemplars count in no identity of the network.
+    weights, card = read_weights(out)
+    assert not [k for k in weights if k.startswith("exemplars.")]
+    assert card.exemplars == info
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(out).model(x), net(x))
+    # Remapping drops the classes a -1 names and renumbers the rest.
+    kept = back.remapped([1, -1, 0])
+    assert kept.classes.tolist() == [1, 1, 0, 0]
+    with pytest.raises(ValueError, match=r"card\.exemplars"):
+        save_model(tmp_path / "bad.safetensors", net, _card(), exemplars=exemplars)
+
+
+def test_exemplars_are_drawn_per_class_among_rows_of_one_class() -> None:
+    targets = torch.zeros((40, 3), dtype=torch.bool)
+    targets[:20, 0] = True
+    targets[20:23, 1] = True
+    targets[23:, [1, 2]] = True  # a coarse label: class 1 or 2, never an exemplar
+    rows, classes = choose(targets.numpy(), 5, seed=3)
+    assert (classes == 0).sum() == 5 and (classes == 1).sum() == 3 and (classes == 2).sum() == 0
+    assert len(set(rows.tolist())) == len(rows)
+    assert all(targets[r].sum() == 1 and targets[r, c] for r, c in zip(rows, classes, strict=True))
+    again, _ = choose(targets.numpy(), 5, seed=3)
+    assert again.tolist() == rows.tolist()
 
 
 def test_multilabel_card_gets_default_thresholds() -> None:

@@ -244,14 +244,17 @@ def measure(name: str, model: Path, budgets: list[int], work: Path) -> dict[str,
     return results
 
 
-def write_outputs(results: dict[str, Any], budgets: list[int]) -> None:
+def write_outputs(results: dict[str, Any]) -> None:
     """results.json, results.md (a table) and accuracy.png (a chart)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    (HERE / "results.json").write_text(json.dumps(results, indent=2))
+    earlier = HERE / "results.json"
+    if earlier.exists():  # keep the datasets measured by earlier runs
+        results = json.loads(earlier.read_text()) | results
+    earlier.write_text(json.dumps(results, indent=2))
     lines = []
     for name, r in results.items():
         lines += [
@@ -261,7 +264,7 @@ def write_outputs(results: dict[str, Any], budgets: list[int]) -> None:
             "| labels per class | suggested | random | AID (not labelled), suggested / random |",
             "|---|---|---|---|",
         ]
-        for k in budgets:
+        for k in sorted(map(int, r["suggested"])):
             s, q = r["suggested"][str(k)], r["random"][str(k)]
             lines.append(
                 f"| {k} | {s['accuracy']:.3f} | {q['accuracy']:.3f} "
@@ -271,6 +274,7 @@ def write_outputs(results: dict[str, Any], budgets: list[int]) -> None:
     (HERE / "results.md").write_text("\n".join(lines))
     figure, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
     for axis, (name, r) in zip(axes[0], results.items(), strict=True):
+        budgets = sorted(map(int, r["suggested"]))
         for strategy, style in (("suggested", "o-"), ("random", "s--")):
             axis.plot(budgets, [r[strategy][str(k)]["accuracy"] for k in budgets], style,
                       label=strategy)  # fmt: skip
@@ -296,7 +300,7 @@ def main() -> None:
             folder = Path(work) / name
             folder.mkdir()
             results[name] = measure(name, args.model, budgets, folder)
-    write_outputs(results, budgets)
+    write_outputs(results)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,13 @@
 The loss on a batch is the partial-label loss of the labelled views (a family's label
 may be any of its classes; class-balanced sampling, so a class labelled five times
 weighs as much as one labelled fifty times) plus, unless only the labelled classes are
-kept, the distillation loss: the KL divergence from the base model's probabilities
+kept, two distillation terms: the KL divergence from the base model's probabilities
 to the adapted model's, over the base classes, on views of unlabelled patches of the
-same scenes (those nearest a patch labelled with a new class left out). The second term
-is what keeps the classes the labels do not cover. The adapted probabilities are taken
+same scenes (those nearest a patch labelled with a new class left out), and on views
+of the base model's own training tiles (the exemplars its file carries). They keep the
+classes the labels do not cover: the first on the scenes, the second on classes the
+scenes never show. Each term has its own batch, so a small scene is not outweighed by
+the exemplars, nor the other way round. The adapted probabilities are taken
 over all adapted classes, so a new class that takes mass from the base classes on
 unlabelled patches pays for it: renormalised over the base classes alone, a new class
 "Buildings" learnt from 5 UC Merced labels took a quarter of AID's held-out images.
@@ -60,18 +63,34 @@ class TrainingData:
         labelled: Views x N trunk outputs of the labelled patches (view 0: plain).
         allowed: N x classes: the classes each labelled patch may be.
         groups: N label indices (class balance and folds go by label name).
-        distilled: Views x M trunk outputs of unlabelled patches (M may be 0).
-        teacher: Views x M x B: the base model's probabilities over the base classes
-            that the adapted model keeps.
-        kept: The B adapted-class indices of those base classes, in teacher order.
+        taught: What the base model teaches (each may hold no patches).
+        kept: The B adapted-class indices of the base classes, in teacher order.
     """
 
     labelled: torch.Tensor
     allowed: torch.Tensor
     groups: torch.Tensor
-    distilled: torch.Tensor
-    teacher: torch.Tensor
+    taught: tuple[Teaching, ...]
     kept: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Teaching:
+    """Patches with the base model's answers on them, for a distillation term.
+
+    Attributes:
+        features: Views x M trunk outputs (M may be 0).
+        teacher: Views x M x B: the base model's probabilities over the base classes
+            that the adapted model keeps.
+        weight: The term's weight, relative to ``FitSettings.distill_weight``.
+    """
+
+    features: torch.Tensor
+    teacher: torch.Tensor
+    weight: float = 1.0
+
+    def __len__(self) -> int:
+        return self.features.shape[1]
 
 
 def fit(
@@ -97,8 +116,9 @@ def fit(
     )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.steps)
     weights = _balance(data.groups[rows])
-    views, distilled = data.labelled.shape[0], data.distilled.shape[1]
-    distil = settings.distill_weight > 0 and distilled > 0 and len(data.kept) > 1
+    views = data.labelled.shape[0]
+    distil = settings.distill_weight > 0 and len(data.kept) > 1
+    taught = [t for t in data.taught if len(t)] if distil else []
     split.tail_train()
     for _ in range(settings.steps):
         STOP.check()
@@ -106,16 +126,9 @@ def fit(
         view = torch.randint(0, views, (len(pick),), generator=generator)
         logits = split.logits(data.labelled[view, pick])
         loss = partial_label_loss(logits, data.allowed[pick])
-        if distil:
-            other = torch.randint(0, distilled, (settings.batch_size,), generator=generator)
-            view = torch.randint(0, data.distilled.shape[0], (len(other),), generator=generator)
-            # Over all the adapted classes: mass a new class takes from the base classes on
-            # unlabelled patches costs -log(1 - mass), so new classes cannot swallow the rest.
-            student = F.log_softmax(split.logits(data.distilled[view, other]), 1)[:, data.kept]
-            teacher = data.teacher[view, other]
-            loss = loss + settings.distill_weight * F.kl_div(
-                student, teacher, reduction="batchmean"
-            )
+        for teaching in taught:
+            term = _distillation(split, teaching, data.kept, settings.batch_size, generator)
+            loss = loss + settings.distill_weight * teaching.weight * term
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
@@ -123,6 +136,22 @@ def fit(
         step_done()
     split.tail.eval()
     return split
+
+
+def _distillation(
+    split: SplitNetwork,
+    teaching: Teaching,
+    kept: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """KL divergence from the base model's answers to the adapted one's on a random batch."""
+    other = torch.randint(0, len(teaching), (batch_size,), generator=generator)
+    view = torch.randint(0, teaching.features.shape[0], (batch_size,), generator=generator)
+    # Over all the adapted classes: mass a new class takes from the base classes on
+    # unlabelled patches costs -log(1 - mass), so new classes cannot swallow the rest.
+    student = F.log_softmax(split.logits(teaching.features[view, other]), 1)[:, kept]
+    return F.kl_div(student, teaching.teacher[view, other], reduction="batchmean")
 
 
 def _balance(groups: torch.Tensor) -> torch.Tensor:

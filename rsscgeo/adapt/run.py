@@ -4,14 +4,16 @@ The steps, each reading the scenes exactly as ``classify`` plans them:
 
 1. place the labels on each scene's patch grid (``labels``);
 2. read the labelled patches, and up to ``AdaptOptions.distill_patches`` unlabelled
-   ones spread at random over the scenes (what the base model teaches);
+   ones spread at random over the scenes; with the training tiles the model file
+   carries (``exemplars``), they are what the base model teaches;
 3. decide the adapted classes (``classes``): the base model's and the new names, or
    only the labelled ones;
 4. cache the frozen trunk's output for augmented views of every patch (``tail``);
 5. cross-validate on the labels for the temperature and the Uncertain threshold, then
    fit on all of them (``fit``);
 6. write the adapted model, its card recording the base model, the scenes, a hash of
-   the labels and the counts per class. Nothing is written until it is complete.
+   the labels and the counts per class, with the base model's exemplars of the classes
+   it keeps. Nothing is written until it is complete.
 """
 
 from __future__ import annotations
@@ -27,10 +29,18 @@ import torch.nn.functional as F
 
 from rsscgeo import __version__
 from rsscgeo.adapt.classes import AdaptedClasses, adapted_classes
-from rsscgeo.adapt.fit import FitSettings, TrainingData, cross_validate, fit, plain_logits
+from rsscgeo.adapt.fit import (
+    FitSettings,
+    Teaching,
+    TrainingData,
+    cross_validate,
+    fit,
+    plain_logits,
+)
 from rsscgeo.adapt.labels import LabelRows, PatchLabels, labels_hash, place_labels
 from rsscgeo.adapt.tail import SplitNetwork, merged_network, split_network, to_uint8, trunk_features
 from rsscgeo.errors import LabelsError, OutputError
+from rsscgeo.exemplars import Exemplars
 from rsscgeo.modelfile import (
     Adaptation,
     Calibration,
@@ -64,6 +74,9 @@ class AdaptOptions:
             others cycle through the 8 rotations/flips with crop and colour jitter).
         distill_patches: Unlabelled patches of the scenes the base model teaches.
         distill_views: Augmented views per unlabelled patch.
+        rehearsal_views: Augmented views per exemplar (the base model's training tiles).
+        rehearsal_weight: Weight of the exemplars' distillation term, relative to the
+            scenes' (``fit.distill_weight``).
         folds: Cross-validation folds for the calibration (fewer with few labels).
         target_accuracy: Committed out-of-fold predictions must reach this accuracy
             (sets the Uncertain threshold, as training does on its validation split).
@@ -79,6 +92,8 @@ class AdaptOptions:
     views: int = 8
     distill_patches: int = 512
     distill_views: int = 2
+    rehearsal_views: int = 2
+    rehearsal_weight: float = 1.0
     folds: int = 3
     target_accuracy: float = 0.97
     fit: FitSettings = field(default_factory=FitSettings)
@@ -93,6 +108,7 @@ class AdaptSummary:
     card: ModelCard
     labelled: dict[str, int]
     distilled: int
+    rehearsed: int
 
 
 def adapt_model(
@@ -149,6 +165,14 @@ def adapt_model(
         if not options.only_labelled_classes
         else torch.empty((0, *tiles.shape[1:]), dtype=torch.uint8)
     )
+    # The base model's answers on its own training tiles keep the classes that the
+    # scenes do not show; without them, only the scenes' unlabelled patches do.
+    rehearse = None if options.only_labelled_classes else loaded.exemplars()
+    if rehearse is None and not options.only_labelled_classes:
+        say(
+            "note: the model file carries no training tiles (exemplars); classes absent "
+            "from these scenes may be forgotten"
+        )
     base = split_network(loaded.model, options.blocks)
     augment = BatchAugment(
         card.input_size,
@@ -160,17 +184,26 @@ def adapt_model(
         contrast=options.augment_brightness,
         saturation=options.augment_brightness,
     )
-    with progress_bar(3, "adapt: caching features", "set", disable=not progress) as bar:
+    with progress_bar(4, "adapt: caching features", "set", disable=not progress) as bar:
         labelled = trunk_features(base, tiles, augment, options.views, generator)
         bar.update()
         distilled = trunk_features(base, distill, augment, options.distill_views, generator)
+        bar.update()
+        rehearsed = trunk_features(
+            base,
+            rehearse.tiles if rehearse is not None else distill[:0],
+            augment,
+            options.rehearsal_views,
+            generator,
+        )
         bar.update()
         base_top1 = plain_logits(base, labelled).argmax(1).tolist()
         classes = adapted_classes(
             card, label_names, base_top1, only_labelled=options.only_labelled_classes
         )
         start = _start(base, classes, labelled, label_names)
-        data = _training_data(base, classes, labelled, label_names, distilled)
+        rehearsal = (rehearsed, options.rehearsal_weight)
+        data = _training_data(base, classes, labelled, label_names, distilled, rehearsal)
         bar.update()
     folds = max(2, min(options.folds, len(label_names) // 2))
     steps = options.fit.steps * (folds + 1)
@@ -184,13 +217,32 @@ def adapt_model(
         )
         final = fit(start, data, torch.arange(len(label_names)), options.fit, lambda: bar.update())
     network = merged_network(loaded.model, final)
+    kept = _kept_exemplars(rehearse, classes)
     adapted_card = _card(
-        loaded, base_name, classes, calibration, names, labels, placed, tally, options, len(distill)
+        loaded,
+        base_name,
+        classes,
+        calibration,
+        names,
+        labels,
+        placed,
+        tally,
+        options,
+        (len(distill), kept),
     )
     STOP.check()  # the last safe point: from here the file is written whole
     with STOP.deferred():
-        _save(out, network, adapted_card)
-    return AdaptSummary(out, adapted_card, tally, len(distill))
+        _save(out, network, adapted_card, kept)
+    return AdaptSummary(out, adapted_card, tally, len(distill), len(kept) if kept else 0)
+
+
+def _kept_exemplars(exemplars: Exemplars | None, classes: AdaptedClasses) -> Exemplars | None:
+    """The base exemplars of the classes the adapted model keeps, under its class indexes."""
+    if exemplars is None:
+        return None
+    adapted = {base: i for i, base in enumerate(classes.base_index) if base >= 0}
+    top = int(exemplars.classes.max()) + 1 if len(exemplars) else 0
+    return exemplars.remapped([adapted.get(c, -1) for c in range(top)])
 
 
 def _labelled_tiles(
@@ -302,26 +354,38 @@ def _training_data(
     labelled: torch.Tensor,
     names: list[str],
     distilled: torch.Tensor,
+    rehearsal: tuple[torch.Tensor, float],
 ) -> TrainingData:
-    """Targets, groups and the base model's teaching for the cached views."""
+    """Targets, groups and the base model's teaching for the cached views.
+
+    The base model teaches on the scenes' unlabelled patches (less those nearest a new
+    class's label) and on every exemplar (each of a base class by construction), the
+    latter with the weight ``rehearsal`` gives.
+    """
+    rehearsed, weight = rehearsal
     order = sorted(set(names))
     groups = torch.tensor([order.index(n) for n in names])
     kept = [i for i, b in enumerate(classes.base_index) if b >= 0]
-    base_columns = [classes.base_index[i] for i in kept]
+    columns = [classes.base_index[i] for i in kept]
     distilled = _outside_new_classes(base, distilled, labelled, [n in classes.new for n in names])
-    if len(distilled[0]):
-        views = [F.softmax(base.logits(v)[:, base_columns], 1) for v in distilled]
-        teacher = torch.stack(views)
-    else:
-        teacher = torch.empty((distilled.shape[0], 0, len(kept)))
     return TrainingData(
         labelled,
         classes.targets(names),
         groups,
-        distilled,
-        teacher,
+        (
+            _teaching(base, distilled, columns),
+            dataclasses.replace(_teaching(base, rehearsed, columns), weight=weight),
+        ),
         torch.tensor(kept, dtype=torch.long),
     )
+
+
+def _teaching(base: SplitNetwork, features: torch.Tensor, columns: list[int]) -> Teaching:
+    """The base model's probabilities over its kept ``columns`` on every view of ``features``."""
+    if not len(features[0]):
+        return Teaching(features, torch.empty((features.shape[0], 0, len(columns))))
+    views = [F.softmax(base.logits(view)[:, columns], 1) for view in features]
+    return Teaching(features, torch.stack(views))
 
 
 def _card(
@@ -334,9 +398,12 @@ def _card(
     placed: list[PatchLabels],
     tally: dict[str, int],
     options: AdaptOptions,
-    distilled: int,
+    taught: tuple[int, Exemplars | None],
 ) -> ModelCard:
+    """The adapted model's card; ``taught``: the unlabelled patches and the exemplars."""
     card = loaded.card
+    distilled, exemplars = taught
+    rehearsed = len(exemplars) if exemplars is not None else 0
     base = card.provenance
     earlier = StageRecord(
         protocol=base.protocol,
@@ -357,6 +424,7 @@ def _card(
         only_labelled_classes=options.only_labelled_classes,
         adapted_blocks=options.blocks,
         distilled_patches=distilled,
+        rehearsed_exemplars=rehearsed,
         cross_validation=calibration.metrics,
     )
     provenance = Provenance(
@@ -365,7 +433,7 @@ def _card(
         init=f"{base_name} ({loaded.identity[:12]})",
         metrics={},
         rsscgeo_version=__version__,
-        notes=_notes(options, distilled),
+        notes=_notes(options, distilled, rehearsed),
         stages=[*base.stages, earlier],
     )
     return ModelCard.model_validate(
@@ -376,24 +444,36 @@ def _card(
             "calibration": calibration.model_dump(),
             "provenance": provenance.model_dump(),
             "adaptation": adaptation.model_dump(),
+            "exemplars": _exemplar_info(card, exemplars),
         }
     )
 
 
-def _notes(options: AdaptOptions, distilled: int) -> str:
+def _exemplar_info(card: ModelCard, kept: Exemplars | None) -> dict[str, object] | None:
+    if kept is None or card.exemplars is None:
+        return None
+    return card.exemplars.model_copy(update={"count": len(kept)}).model_dump()
+
+
+def _notes(options: AdaptOptions, distilled: int, rehearsed: int) -> str:
     what = (
         f"rsscgeo adapt: the last {options.blocks} stages and the classifier fine-tuned on "
         f"{options.views} views per labelled patch"
     )
     if options.only_labelled_classes:
         return f"{what}; only the labelled classes kept"
-    return f"{what}, the base model distilled on {distilled} unlabelled patches"
+    taught = f"{distilled} unlabelled patches"
+    if rehearsed:
+        taught += f" and {rehearsed} of its own training tiles"
+    return f"{what}, the base model distilled on {taught}"
 
 
-def _save(out: Path, network: torch.nn.Module, card: ModelCard) -> None:
+def _save(
+    out: Path, network: torch.nn.Module, card: ModelCard, exemplars: Exemplars | None
+) -> None:
     """Write the model whole or not at all (``save_model`` writes a temporary first)."""
     try:
-        save_model(out, network, card, half=True)
+        save_model(out, network, card, half=True, exemplars=exemplars)
     except BaseException:
         out.with_name(out.name + ".tmp").unlink(missing_ok=True)
         raise

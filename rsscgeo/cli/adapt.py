@@ -70,7 +70,8 @@ def adapt(
     Patches are read exactly as classify reads them (the same reading flags). Labels
     may name the model's classes or families, or new classes (added to the model).
     Unless --only-labelled-classes, the base model's answers on unlabelled patches of
-    the same scenes keep the classes the labels do not cover. Temperature and the
+    the same scenes, and on the training tiles its file carries, keep the classes the
+    labels do not cover. Temperature and the
     Uncertain threshold are fitted by cross-validation on the labels.
     """
     import dataclasses

@@ -12,6 +12,7 @@ experiment evaluates only what is new.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -101,7 +102,7 @@ def evaluate_eval_sets(
     if not _is_rank_zero():
         return
     from rsscgeo.data.classmap import map_catalog
-    from rsscgeo.modelfile import LoadedModel, load_model
+    from rsscgeo.modelfile import load_model
     from rsscgeo.training.crossdomain import evaluate_with_class_map
 
     for cell in cells:
@@ -112,7 +113,7 @@ def evaluate_eval_sets(
                 continue
             say(f"evaluating {cell.run} (seed {cell.seed}) on {ready.name}")
             loaded = load_model(cell.model_path)
-            loaded = LoadedModel(loaded.model.to(_device(cell)), loaded.card)
+            loaded = dataclasses.replace(loaded, model=loaded.model.to(_device(cell)))
             mapped = map_catalog(
                 ready.catalog, ready.class_map, loaded.card.class_names, _model(cell)
             )

@@ -24,6 +24,7 @@ from pydantic_core import ErrorDetails
 
 from rsscgeo.data.transforms import TransformConfig
 from rsscgeo.errors import ConfigError
+from rsscgeo.exemplars import PER_CLASS
 from rsscgeo.inits import InitSpec
 from rsscgeo.training.calibration import CalibrationConfig
 
@@ -263,6 +264,13 @@ class RunConfig(_Strict):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     half_precision_file: bool = Field(
         default=False, description="Store the model file's weights as float16."
+    )
+    exemplars_per_class: int = Field(
+        default=PER_CLASS,
+        ge=0,
+        description="Training tiles per class stored in the model file, which `rsscgeo "
+        "adapt` rehearses so the classes a user's labels do not cover are kept (0: none; "
+        "each costs about 5 kB per band).",
     )
 
     @model_validator(mode="after")

@@ -47,6 +47,7 @@ from rsscgeo.inits import InitSpec
 from rsscgeo.modelfile import (
     Calibration,
     ClassInfo,
+    ExemplarInfo,
     ModelCard,
     Provenance,
     StageRecord,
@@ -270,7 +271,13 @@ def _run_sources_stage(
     """One stage on several sources (``data.sources``) with the fast cached loop."""
     from rsscgeo.taxonomy import load_taxonomy
     from rsscgeo.training import multisource
-    from rsscgeo.training.sources import balanced_weights, open_source, rows, write_splits
+    from rsscgeo.training.sources import (
+        balanced_weights,
+        draw_exemplars,
+        open_source,
+        rows,
+        write_splits,
+    )
 
     if protocol == "linear":
         raise ConfigError("protocol 'linear' reads one dataset (data.path), not data.sources.")
@@ -345,8 +352,19 @@ def _run_sources_stage(
             stages=list(stages) or _init_stages(config.model.init),
         ),
     )
+    exemplars = draw_exemplars(train, config.exemplars_per_class, config.seed)
+    if exemplars is not None:
+        card.exemplars = ExemplarInfo(
+            count=len(exemplars),
+            per_class=config.exemplars_per_class,
+            drawn_from=f"the training rows of {', '.join(names)} (seed {config.seed})",
+        )
     model_path = save_model(
-        out / MODEL_FILE, network.cpu().eval(), card, half=config.half_precision_file
+        out / MODEL_FILE,
+        network.cpu().eval(),
+        card,
+        half=config.half_precision_file,
+        exemplars=exemplars,
     )
     multisource.write_metrics(out / "metrics.json", metrics)
     logs = sorted(

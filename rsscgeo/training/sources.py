@@ -25,6 +25,7 @@ from rsscgeo.data.classmap import check_folders, did_you_mean, load_class_map
 from rsscgeo.data.layouts import open_catalog
 from rsscgeo.data.splits import Split, split_catalog, write_split
 from rsscgeo.errors import ConfigError, DatasetError
+from rsscgeo.exemplars import Exemplars, choose
 from rsscgeo.taxonomy import Taxonomy
 from rsscgeo.training.config import SourceConfig
 
@@ -155,6 +156,16 @@ def rows(sources: Sequence[SourceData], part: str, classes: int, side: int) -> R
     if not tiles:
         raise DatasetError(f"no source has {part} images; check the sources' splits.")
     return Rows(np.concatenate(tiles), np.concatenate(targets), np.concatenate(origin))
+
+
+def draw_exemplars(train: Rows, per_class: int, seed: int) -> Exemplars | None:
+    """Up to ``per_class`` training rows of each class, for the model file (none at 0)."""
+    if per_class <= 0:
+        return None
+    chosen, classes = choose(train.targets, per_class, seed)
+    tiles = np.ascontiguousarray(train.tiles[np.sort(chosen)])
+    order = np.argsort(chosen)  # read the memory-mapped cache in file order, once
+    return Exemplars(torch.from_numpy(tiles), torch.from_numpy(classes[order]))
 
 
 def balanced_weights(train: Rows, weights: Sequence[float]) -> torch.Tensor:

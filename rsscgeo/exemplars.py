@@ -96,11 +96,6 @@ class Exemplars:
         )
         return cls(tiles, tensors[_CLASSES].to(torch.long))
 
-    @classmethod
-    def concat(cls, parts: Sequence[Exemplars]) -> Exemplars:
-        """One set from several with tiles of the same shape."""
-        return cls(torch.cat([p.tiles for p in parts]), torch.cat([p.classes for p in parts]))
-
 
 def choose(
     targets: npt.NDArray[np.bool_], per_class: int, seed: int

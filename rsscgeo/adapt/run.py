@@ -108,7 +108,6 @@ class AdaptSummary:
     card: ModelCard
     labelled: dict[str, int]
     distilled: int
-    rehearsed: int
 
 
 def adapt_model(
@@ -217,7 +216,7 @@ def adapt_model(
         )
         final = fit(start, data, torch.arange(len(label_names)), options.fit, lambda: bar.update())
     network = merged_network(loaded.model, final)
-    kept = _kept_exemplars(rehearse, classes)
+    kept = _kept_exemplars(rehearse, classes, card.num_classes)
     adapted_card = _card(
         loaded,
         base_name,
@@ -233,16 +232,17 @@ def adapt_model(
     STOP.check()  # the last safe point: from here the file is written whole
     with STOP.deferred():
         _save(out, network, adapted_card, kept)
-    return AdaptSummary(out, adapted_card, tally, len(distill), len(kept) if kept else 0)
+    return AdaptSummary(out, adapted_card, tally, len(distill))
 
 
-def _kept_exemplars(exemplars: Exemplars | None, classes: AdaptedClasses) -> Exemplars | None:
+def _kept_exemplars(
+    exemplars: Exemplars | None, classes: AdaptedClasses, base_classes: int
+) -> Exemplars | None:
     """The base exemplars of the classes the adapted model keeps, under its class indexes."""
     if exemplars is None:
         return None
     adapted = {base: i for i, base in enumerate(classes.base_index) if base >= 0}
-    top = int(exemplars.classes.max()) + 1 if len(exemplars) else 0
-    return exemplars.remapped([adapted.get(c, -1) for c in range(top)])
+    return exemplars.remapped([adapted.get(c, -1) for c in range(base_classes)])
 
 
 def _labelled_tiles(
@@ -374,18 +374,20 @@ def _training_data(
         groups,
         (
             _teaching(base, distilled, columns),
-            dataclasses.replace(_teaching(base, rehearsed, columns), weight=weight),
+            _teaching(base, rehearsed, columns, weight),
         ),
         torch.tensor(kept, dtype=torch.long),
     )
 
 
-def _teaching(base: SplitNetwork, features: torch.Tensor, columns: list[int]) -> Teaching:
+def _teaching(
+    base: SplitNetwork, features: torch.Tensor, columns: list[int], weight: float = 1.0
+) -> Teaching:
     """The base model's probabilities over its kept ``columns`` on every view of ``features``."""
     if not len(features[0]):
-        return Teaching(features, torch.empty((features.shape[0], 0, len(columns))))
+        return Teaching(features, torch.empty((features.shape[0], 0, len(columns))), weight)
     views = [F.softmax(base.logits(view)[:, columns], 1) for view in features]
-    return Teaching(features, torch.stack(views))
+    return Teaching(features, torch.stack(views), weight)
 
 
 def _card(

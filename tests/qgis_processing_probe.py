@@ -51,6 +51,7 @@ class CancellingFeedback(QgsProcessingFeedback):
         self.highest = 0.0
         self.cancelled_at: float | None = None
         self.lines: list[str] = []
+        self.texts: list[str] = []
         self.progressChanged.connect(self._progress)
 
     def _progress(self, value: float) -> None:
@@ -62,6 +63,10 @@ class CancellingFeedback(QgsProcessingFeedback):
     def pushInfo(self, info: str) -> None:
         self.lines.append(info)
         super().pushInfo(info)
+
+    def setProgressText(self, text: str) -> None:  # a dialog logs each one
+        self.texts.append(text)
+        super().setProgressText(text)
 
 
 def main() -> None:
@@ -113,6 +118,7 @@ def run(request: dict) -> dict:
     ended = time.monotonic()
     report["seconds"] = ended - started
     report["highest_progress"] = feedback.highest
+    report["progress_texts"] = feedback.texts
     if feedback.cancelled_at is not None:
         report["seconds_after_cancel"] = ended - feedback.cancelled_at
     report["log"] = feedback.lines[-20:]

@@ -148,6 +148,23 @@ def test_new_classes_join_the_family_the_base_model_sees() -> None:
         adapted_classes(card, ["Pond"], [0], only_labelled=True)
 
 
+def test_the_base_model_teaches_only_where_the_labels_do_not_prove_it_wrong() -> None:
+    """Unlabelled patches nearest a label the base model misnames are not distilled."""
+    from rsscgeo.adapt.run import _where_base_is_right
+    from rsscgeo.adapt.tail import SplitNetwork
+
+    identity = torch.nn.Identity()
+    split = SplitNetwork(identity, identity, torch.nn.Linear(2, 2), blocks=0)
+    labelled = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # 1 view x 2 labelled patches
+    # Two views of three unlabelled patches: near label 0, near label 1, near label 0.
+    unlabelled = torch.tensor([[[0.9, 0.1], [0.2, 0.8], [3.0, 1.0]]] * 2)
+    right_then_wrong = torch.tensor([False, True])
+    kept = _where_base_is_right(split, unlabelled, labelled, right_then_wrong)
+    assert torch.equal(kept, unlabelled[:, [0, 2]])
+    all_right = torch.tensor([False, False])
+    assert torch.equal(_where_base_is_right(split, unlabelled, labelled, all_right), unlabelled)
+
+
 @pytest.fixture(scope="module")
 def suggested(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo scene's suggestions, labelled: the model's guess, and a new class."""
@@ -204,8 +221,13 @@ def test_adapt_writes_a_model_that_classifies(
     rest = ~after.set_index(["row", "col"]).index.isin(
         list(zip(labelled["row"], labelled["col"], strict=True))
     )
-    kept = (said[rest] == before.reindex(said.index)[rest]) | (said[rest] == "Vineyard")
-    assert kept.mean() >= 0.8
+    was, now = before.reindex(said.index)[rest], said[rest]
+    # The labels confirm the model's guesses on its most doubtful patches (Pond, Lake,
+    # River...), so doubtful patches of the same family may follow them; what the
+    # guard keeps is the family, and most of the classes.
+    family = {c.name: c.parent for c in card.classes}
+    assert ((now == was) | (now == "Vineyard")).mean() >= 0.7
+    assert ((now.map(family) == was.map(family)) | (now == "Vineyard")).mean() >= 0.85
     # And on imagery unlike the scene: AID held-out images of the classes no label names
     # keep their accuracy, which the base model's own training tiles (rehearsed) protect.
     assert base.card.exemplars is not None and card.exemplars is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -72,6 +73,9 @@ def test_classify_in_qgis_writes_what_the_cli_writes(tmp_path: Path, run_cli) ->
     assert "error" not in report, report
     assert report["results"] == {"OUTPUT": str(gpkg), "OUTPUT_RASTER": str(tif)}
     assert report["highest_progress"] == pytest.approx(100)
+    # A stage's name once, not per progress line (a dialog logs every text it gets).
+    texts = report["progress_texts"]
+    assert "classifying" in texts and all(a != b for a, b in itertools.pairwise(texts)), texts
     _same_outputs(gpkg, tif, cli_gpkg, cli_tif)
     # Loaded as Processing loads its outputs: the embedded categorised style applies.
     layers = processing(tmp_path, {"load": [str(gpkg), str(tif)]})["layers"]

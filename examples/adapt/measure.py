@@ -14,7 +14,8 @@ known. Then, for each budget of k labels per class (1, 3, 5, 10, 20):
    picks labelled from the truth; **random**: k patches per class drawn at random;
 2. ``rsscgeo adapt MODEL MOSAIC --labels picks.gpkg --out adapted.safetensors``;
 3. ``rsscgeo classify MOSAIC --model adapted.safetensors``, scored on the patches not
-   labelled: the top-1 class must be the user's label for that class;
+   labelled: the top-1 class must be the user's label for that class (or one of its
+   classes, when the user named a family);
 4. ``rsscgeo evaluate adapted.safetensors`` on the AID held-out split: accuracy on the AID
    classes that no label named, against the base model's on the same images.
 
@@ -53,7 +54,7 @@ HERE = Path(__file__).resolve().parent
 DATA = ROOT.parent / "shared" / "data"
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
-from rsscgeo.modelfile import BUNDLED_MODEL, read_card  # noqa: E402
+from rsscgeo.modelfile import BUNDLED_MODEL, ModelCard, read_card  # noqa: E402
 
 BUDGETS = (1, 3, 5, 10, 20)
 ORIGIN = (500_000.0, 4_500_000.0)  # EPSG:32633, any place: the mosaic is synthetic
@@ -74,6 +75,16 @@ class Mosaic:
     path: Path
     truth: np.ndarray  # dataset class names, rows x cols
     names: dict[str, str]  # dataset class -> the name the simulated user gives
+    # The model's classes whose top-1 answer is the user's name: the class itself, or
+    # every class of the family when the name is a family (NWPU12's residential).
+    right: dict[str, set[str]]
+
+
+def right_answers(names: dict[str, str], card: ModelCard) -> dict[str, set[str]]:
+    """For each user name, the top-1 classes that count as that name (see ``Mosaic``)."""
+    return {
+        name: {name} | {c.name for c in card.classes if c.parent == name} for name in names.values()
+    }
 
 
 def user_names(class_map: Path, classes: list[str], model_classes: list[str]) -> dict[str, str]:
@@ -175,7 +186,7 @@ def score(gpkg: Path, mosaic: Mosaic, labelled: set[tuple[int, int]]) -> float:
     """Share of the unlabelled patches whose top-1 class is the user's name for them."""
     frame = classified(gpkg)
     hits = [
-        top == mosaic.names[mosaic.truth[r, c]]
+        top in mosaic.right[mosaic.names[mosaic.truth[r, c]]]
         for r, c, top in frame[["row", "col", "top1"]].to_numpy()
         if (r, c) not in labelled and mosaic.truth[r, c]
     ]
@@ -194,39 +205,58 @@ def aid_unlabelled(model: Path, names: set[str]) -> float:
     return float(confusion[keep, keep].sum() / confusion[keep].sum())
 
 
-def measure(name: str, model: Path, budgets: list[int], work: Path) -> dict[str, Any]:
-    """Every figure of one dataset."""
+def build_mosaic(name: str, model: Path, work: Path) -> tuple[Mosaic, list[str], Path]:
+    """Dataset ``name``'s mosaic for ``model``, its classes, and the base model's map of it."""
     folder, class_map, split = DATASETS[name]
     card = read_card(model)
     tiles = images(folder, split)
     classes = sorted({c for _, c in tiles})
     mosaic_path = work / f"{name}.tif"
     truth = write_mosaic(mosaic_path, tiles, card.patch_size, card.gsd or 1.0)
-    mosaic = Mosaic(mosaic_path, truth, user_names(class_map, classes, card.class_names))
+    names = user_names(class_map, classes, card.class_names)
+    mosaic = Mosaic(mosaic_path, truth, names, right_answers(names, card))
     base_map = work / "base.gpkg"
     run("classify", mosaic_path, "--model", model, "--out", base_map, "--overwrite")
+    return mosaic, classes, base_map
+
+
+def suggested_cells(mosaic: Mosaic, model: Path, count: int, folder: Path) -> list[tuple[int, int]]:
+    """The patches ``classify --suggest count`` picks on the mosaic."""
+    picks_map = folder / "map.gpkg"
+    run("classify", mosaic.path, "--model", model, "--out", picks_map, "--suggest", count)
+    picks = gpd.read_file(picks_map, layer="to_label")
+    return list(zip(picks["row"], picks["col"], strict=True))
+
+
+def random_cells(
+    mosaic: Mosaic, classes: list[str], k: int, rng: random.Random
+) -> list[tuple[int, int]]:
+    """``k`` patches of each class, drawn at random (the truth decides the class)."""
+    by_class: dict[str, list[tuple[int, int]]] = {}
+    for (r, c), truth_name in np.ndenumerate(mosaic.truth):
+        if truth_name:
+            by_class.setdefault(truth_name, []).append((r, c))
+    return [cell for cls in classes for cell in rng.sample(by_class[cls], k)]
+
+
+def measure(name: str, model: Path, budgets: list[int], work: Path) -> dict[str, Any]:
+    """Every figure of one dataset."""
+    mosaic, classes, base_map = build_mosaic(name, model, work)
+    mosaic_path = mosaic.path
     crs = classified(base_map).crs
     results: dict[str, Any] = {"names": mosaic.names, "base": score(base_map, mosaic, set())}
     label_names = set(mosaic.names.values())
     results["aid_base"] = aid_unlabelled(model, label_names)
     rng = random.Random(0)
-    by_class: dict[str, list[tuple[int, int]]] = {}
-    for (r, c), truth_name in np.ndenumerate(truth):
-        if truth_name:
-            by_class.setdefault(truth_name, []).append((r, c))
     for k in budgets:
         for strategy in ("suggested", "random"):
             started = time.perf_counter()
             run_dir = work / f"{name}-{k}-{strategy}"
             run_dir.mkdir()
             if strategy == "suggested":
-                picks_map = run_dir / "map.gpkg"
-                run("classify", mosaic_path, "--model", model, "--out", picks_map,
-                    "--suggest", k * len(classes))  # fmt: skip
-                picks = gpd.read_file(picks_map, layer="to_label")
-                cells = list(zip(picks["row"], picks["col"], strict=True))
+                cells = suggested_cells(mosaic, model, k * len(classes), run_dir)
             else:
-                cells = [cell for cls in classes for cell in rng.sample(by_class[cls], k)]
+                cells = random_cells(mosaic, classes, k, rng)
             labels = labelled_layer(run_dir, mosaic, cells, crs)
             adapted = run_dir / "adapted.safetensors"
             run("adapt", model, mosaic_path, "--labels", labels, "--out", adapted)

@@ -202,7 +202,9 @@ def adapt_model(
         )
         start = _start(base, classes, labelled, label_names)
         rehearsal = (rehearsed, options.rehearsal_weight)
-        data = _training_data(base, classes, labelled, label_names, distilled, rehearsal)
+        data = _training_data(
+            base, classes, (labelled, label_names, base_top1), distilled, rehearsal
+        )
         bar.update()
     folds = max(2, min(options.folds, len(label_names) // 2))
     steps = options.fit.steps * (folds + 1)
@@ -328,49 +330,58 @@ def _start(
 
 
 @torch.no_grad()
-def _outside_new_classes(
-    base: SplitNetwork, distilled: torch.Tensor, labelled: torch.Tensor, new: list[bool]
+def _where_base_is_right(
+    base: SplitNetwork, distilled: torch.Tensor, labelled: torch.Tensor, wrong: torch.Tensor
 ) -> torch.Tensor:
-    """The unlabelled patches whose nearest labelled patch is not of a new class.
+    """The unlabelled patches whose nearest labelled patch the base model answers right.
 
-    Distillation holds the adapted model to the base model's classes on unlabelled
-    patches, so it must skip those likely to be of a class the base model lacks: the
+    Distillation holds the adapted model to the base model's answers on unlabelled
+    patches, so it must skip those where the labels show those answers to be wrong: the
     patches whose nearest labelled patch (cosine, the base model's pooled features of
-    the plain view) carries a new name.
+    the plain view) is one the base model misnames (every patch of a new class is).
+    Otherwise the base model's mistakes on the scene are taught against the labels.
     """
-    if not any(new) or not len(distilled[0]):
+    if not bool(wrong.any()) or not len(distilled[0]):
         return distilled
     unlabelled = F.normalize(base.tail(distilled[0]), dim=1)
     reference = F.normalize(base.tail(labelled[0]), dim=1)
     nearest = (unlabelled @ reference.T).argmax(1)
-    keep = ~torch.tensor(new)[nearest]
-    return distilled[:, keep]
+    return distilled[:, ~wrong[nearest]]
 
 
 @torch.no_grad()
 def _training_data(
     base: SplitNetwork,
     classes: AdaptedClasses,
-    labelled: torch.Tensor,
-    names: list[str],
+    labels: tuple[torch.Tensor, list[str], list[int]],
     distilled: torch.Tensor,
     rehearsal: tuple[torch.Tensor, float],
 ) -> TrainingData:
     """Targets, groups and the base model's teaching for the cached views.
 
-    The base model teaches on the scenes' unlabelled patches (less those nearest a new
-    class's label) and on every exemplar (each of a base class by construction), the
-    latter with the weight ``rehearsal`` gives.
+    ``labels`` holds the labelled patches' cached views, their names and the base
+    model's top class on each. The base model teaches on the scenes' unlabelled patches
+    (less those nearest a label it gets wrong) and on every exemplar (each of a base
+    class by construction), the latter with the weight ``rehearsal`` gives.
     """
+    labelled, names, base_top1 = labels
     rehearsed, weight = rehearsal
     order = sorted(set(names))
     groups = torch.tensor([order.index(n) for n in names])
     kept = [i for i, b in enumerate(classes.base_index) if b >= 0]
     columns = [classes.base_index[i] for i in kept]
-    distilled = _outside_new_classes(base, distilled, labelled, [n in classes.new for n in names])
+    allowed = classes.targets(names)
+    adapted_of = {b: i for i, b in enumerate(classes.base_index) if b >= 0}
+    wrong = torch.tensor(
+        [
+            t not in adapted_of or not bool(allowed[i, adapted_of[t]])
+            for i, t in enumerate(base_top1)
+        ]
+    )
+    distilled = _where_base_is_right(base, distilled, labelled, wrong)
     return TrainingData(
         labelled,
-        classes.targets(names),
+        allowed,
         groups,
         (
             _teaching(base, distilled, columns),

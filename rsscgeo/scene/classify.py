@@ -40,9 +40,9 @@ from rsscgeo.scene.plan import ScenePlan, plan_scene, refuse_existing
 from rsscgeo.scene.staging import Staging
 from rsscgeo.scene.style import to_label_qml
 from rsscgeo.scene.suggest import (
-    POOL_PER_PICK,
     TO_LABEL_LAYER,
     CandidatePool,
+    pool_size,
     suggest,
     suggest_frame,
 )
@@ -216,7 +216,7 @@ def _write(
     staging = Staging()
     writers: list[Writer] = []
     wanted = plan.outputs.suggest
-    pool = CandidatePool(POOL_PER_PICK * wanted, plan.outputs.seed) if wanted else None
+    pool = CandidatePool(pool_size(wanted), plan.outputs.seed) if wanted else None
     try:
         context = MapContext(staging, plan.grid, plan.legend, plan.metadata)
         if plan.outputs.gpkg is not None:

@@ -2,14 +2,19 @@
 
 Two criteria, in this order:
 
-1. **Uncertainty.** While the map is written, a pool of the ``POOL_PER_PICK`` x N most
-   uncertain classified patches is kept: uncertainty is one minus the margin between
-   the two most probable classes (calibrated), so a patch torn between two classes
-   ranks first, whatever the threshold.
-2. **Diversity.** Among the pool, greedy k-centre on the model's penultimate features
-   (L2-normalised): the first pick is the most uncertain patch, each next one the
-   patch farthest from every pick so far. Near-duplicates (the same field cut into ten
-   patches) are so picked once, and the picks cover the kinds of doubt in the scene.
+1. **Uncertainty.** While the map is written, a pool of the most uncertain classified
+   patches is kept (``pool_size``: ``POOL_PER_PICK`` x N, at least ``MIN_POOL``).
+   Uncertainty is one minus the margin between the two most probable classes
+   (calibrated), so a patch torn between two classes ranks first, whatever the
+   threshold.
+2. **Diversity.** The pool is cut into N clusters by k-means on the model's
+   penultimate features (L2-normalised), and the most uncertain patch of each cluster
+   is picked (as Cluster-Margin, Citovsky et al. 2021). Near-duplicates (the same field
+   cut into ten patches) share a cluster and are so picked once; k-means puts its
+   clusters where the patches are, so the picks cover the common kinds of doubt in
+   proportion, not the odd ones. On UC Merced at 1 and 3 labels per class, greedy
+   k-centre (each pick the farthest from the others) chose outliers and did worse than
+   random picks; these clusters did better (``examples/adapt``).
 
 The picks become the layer ``to_label`` of the run's GeoPackage (see
 ``suggest_frame``), styled for labelling in QGIS (``to_label_qml``).
@@ -37,6 +42,14 @@ TO_LABEL_LAYER = "to_label"
 # Candidates kept per pick: enough doubt to choose diverse picks from, few enough that
 # every pick stays among the scene's most uncertain patches.
 POOL_PER_PICK = 4
+# ...but never fewer than this: with few picks, 4 x N candidates are one or two kinds of
+# doubt (on UC Merced, 10 picks from 40 candidates missed whole classes).
+MIN_POOL = 512
+
+
+def pool_size(picks: int) -> int:
+    """How many uncertain candidates ``picks`` patches are chosen from."""
+    return max(POOL_PER_PICK * picks, MIN_POOL)
 
 
 @dataclass
@@ -94,24 +107,51 @@ class CandidatePool:
         self._tiebreak = tiebreak[order]
 
 
-def k_centre(features: torch.Tensor, count: int) -> list[int]:
-    """Greedy k-centre: row 0 first, then each time the row farthest from the picks.
+def k_means(features: torch.Tensor, count: int, seed: int, iterations: int = 50) -> torch.Tensor:
+    """A cluster (0..count-1) per row: Lloyd's k-means from a seeded k-means++ start."""
+    generator = torch.Generator().manual_seed(seed)
+    first = int(torch.randint(len(features), (1,), generator=generator))
+    centres = features[first : first + 1]
+    nearest = torch.cdist(features, centres).squeeze(1) ** 2
+    while len(centres) < count:
+        # k-means++: the next centre drawn in proportion to the squared distance.
+        weights = nearest if float(nearest.sum()) > 0 else torch.ones_like(nearest)
+        new = int(torch.multinomial(weights, 1, generator=generator))
+        centres = torch.cat([centres, features[new : new + 1]])
+        nearest = torch.minimum(nearest, torch.cdist(features, features[new : new + 1])[:, 0] ** 2)
+    cluster = torch.cdist(features, centres).argmin(1)
+    for _ in range(iterations):
+        sums = torch.zeros_like(centres).index_add_(0, cluster, features)
+        sizes = torch.bincount(cluster, minlength=count).unsqueeze(1)
+        centres = torch.where(sizes > 0, sums / sizes.clamp(min=1), centres)
+        moved = torch.cdist(features, centres).argmin(1)
+        if torch.equal(moved, cluster):
+            break
+        cluster = moved
+    return cluster
 
-    Rows are candidates in order of preference (ties in distance go to the earlier
-    row). Returns at most ``count`` distinct row indices.
+
+def uncertain_per_cluster(
+    features: torch.Tensor, uncertainty: npt.NDArray[np.float64], count: int, seed: int
+) -> list[int]:
+    """The most uncertain row of each of ``count`` k-means clusters of ``features``.
+
+    Ties in uncertainty go to the earlier row. Returns ``min(count, len(features))``
+    distinct rows: should clusters come out empty (identical rows), the most uncertain
+    rows not yet picked fill in.
     """
-    n = len(features)
-    if n == 0 or count <= 0:
+    if len(features) <= count:
+        return list(range(len(features)))
+    if count <= 0:
         return []
-    picks = [0]
-    distance = torch.cdist(features, features[:1]).squeeze(1)
-    distance[0] = -1.0
-    while len(picks) < min(count, n):
-        best = int(torch.argmax(distance))  # the first maximum: the earliest row
-        picks.append(best)
-        distance = torch.minimum(distance, torch.cdist(features, features[best : best + 1])[:, 0])
-        distance[picks] = -1.0
-    return picks
+    cluster = k_means(features, count, seed).numpy()
+    picks = []
+    for c in np.unique(cluster):
+        members = np.flatnonzero(cluster == c)
+        picks.append(int(members[np.argmax(uncertainty[members])]))  # the first maximum
+    taken = set(picks)
+    rest = [int(i) for i in np.argsort(-uncertainty, kind="stable") if int(i) not in taken]
+    return picks + rest[: count - len(picks)]
 
 
 @dataclass(frozen=True)
@@ -126,7 +166,7 @@ class Suggestions:
 
 
 def suggest(pool: CandidatePool, count: int, plan: ScenePlan, network: LoadedModel) -> Suggestions:
-    """Pick ``count`` patches of the pool by k-centre on ``network``'s features.
+    """Pick ``count`` patches of the pool: the most uncertain of each cluster of features.
 
     ``network`` is the model as a PyTorch module (its features); an ONNX Runtime model
     has none, so its calibrated probabilities stand in for them.
@@ -139,7 +179,7 @@ def suggest(pool: CandidatePool, count: int, plan: ScenePlan, network: LoadedMod
         features = embed(network, plan, patches)
     else:
         features = torch.nn.functional.normalize(torch.from_numpy(pool.probabilities), dim=1)
-    chosen = k_centre(features, count)
+    chosen = uncertain_per_cluster(features, pool.uncertainty, count, pool.seed)
     chosen.sort(key=lambda i: (-pool.uncertainty[i], i))
     names = plan.model.card.class_names
     best = pool.probabilities[chosen].argmax(axis=1) if chosen else np.empty(0, int)

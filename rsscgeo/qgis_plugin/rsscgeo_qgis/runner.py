@@ -98,6 +98,9 @@ def run_rsscgeo(
     cancelled = _wait(child, feedback, events)
     for reader in readers:
         reader.join(timeout=5)
+    for stream in (child.stdout, child.stderr):
+        if stream is not None:
+            stream.close()
     _relay(events, feedback)
     if cancelled:
         raise QgsProcessingException(
@@ -123,8 +126,9 @@ def _relay(events: queue.Queue[tuple[str, Any]], feedback: QgsProcessingFeedback
         except queue.Empty:
             return
         if kind == "progress":
-            feedback.setProgress(100.0 * value["progress"])
-            feedback.setProgressText(str(value.get("stage", "")))
+            feedback.setProgress(100.0 * value)
+        elif kind == "stage":
+            feedback.setProgressText(value)
         else:
             feedback.pushInfo(value)
 
@@ -154,6 +158,7 @@ def _read_stderr(
     child: subprocess.Popen[str], events: queue.Queue[tuple[str, Any]], errors: list[str]
 ) -> None:
     assert child.stderr is not None
+    stage = None
     for raw in child.stderr:
         line = raw.strip()
         if not line:
@@ -161,7 +166,11 @@ def _read_stderr(
         if line.startswith(PROGRESS_PREFIX):
             progress = _progress(line)
             if progress is not None:
-                events.put(("progress", progress))
+                # A dialog logs every progress text it gets: send a stage once.
+                if progress.get("stage") != stage:
+                    stage = progress.get("stage")
+                    events.put(("stage", str(stage or "")))
+                events.put(("progress", progress["progress"]))
                 continue
         errors.append(line)
         events.put(("info", line))

@@ -47,6 +47,11 @@ class AdaptedClasses:
         """Class names in output order."""
         return [c.name for c in self.classes]
 
+    @property
+    def of_base(self) -> dict[int, int]:
+        """For each base-model output index the adapted model keeps, its adapted index."""
+        return {base: i for i, base in enumerate(self.base_index) if base >= 0}
+
     def allowed(self, name: str) -> torch.Tensor:
         """The classes a label may be (one class, or every class of a family)."""
         mask = torch.zeros(len(self.classes), dtype=torch.bool)

@@ -243,7 +243,7 @@ def _kept_exemplars(
     """The base exemplars of the classes the adapted model keeps, under its class indexes."""
     if exemplars is None:
         return None
-    adapted = {base: i for i, base in enumerate(classes.base_index) if base >= 0}
+    adapted = classes.of_base
     return exemplars.remapped([adapted.get(c, -1) for c in range(base_classes)])
 
 
@@ -371,7 +371,7 @@ def _training_data(
     kept = [i for i, b in enumerate(classes.base_index) if b >= 0]
     columns = [classes.base_index[i] for i in kept]
     allowed = classes.targets(names)
-    adapted_of = {b: i for i, b in enumerate(classes.base_index) if b >= 0}
+    adapted_of = classes.of_base
     wrong = torch.tensor(
         [
             t not in adapted_of or not bool(allowed[i, adapted_of[t]])

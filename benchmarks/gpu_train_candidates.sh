@@ -8,10 +8,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/gpu}
-# chain starts from examples/models/aid_efficientnet_lite0 (in the tree), as on a CPU.
-for candidate in joint chain aid_only dapt; do
+# chain starts from examples/models/aid_efficientnet_lite0 (in the tree), as on a CPU;
+# chain176 continues from chain's output, here the one this script just trained.
+for candidate in joint chain chain176 aid_only dapt; do
     start=$(date +%s)
+    extra=()
+    if [ "$candidate" = chain176 ]; then
+        extra=(--set "model.init.path=$out/chain/model.safetensors")
+    fi
     .venv/bin/rsscgeo train --config "configs/land_use_33/$candidate.yaml" \
-        --out-dir "$out/$candidate" --set trainer.num_workers=0
+        --out-dir "$out/$candidate" --set trainer.num_workers=0 "${extra[@]}"
     echo "$candidate: $(( $(date +%s) - start )) s"
 done

@@ -50,14 +50,17 @@ def test_bundled_model_card(aid_dir: Path, repo_root: Path) -> None:
     sizes = Counter(c.parent for c in card.classes)
     assert max(sizes.values()) <= 0.4 * card.num_classes
     assert card.gsd == 2.0 and card.patch_size == 150 and card.bands == ["red", "green", "blue"]
-    # The chain: ImageNet -> AID (the previous bundled model) -> AID + NWPU12.
+    # The chain: ImageNet -> AID (the previous bundled model) -> AID + NWPU12 at 128 px ->
+    # AID + NWPU12 at 144/176 px, every earlier stage recorded.
     provenance = card.provenance
     assert provenance.protocol == "finetune"
     assert provenance.init.startswith("rsscgeo:") and "nwpu12" in provenance.dataset
-    [first] = provenance.stages
+    first, second = provenance.stages
     assert first.init == "imagenet-offline" and "aid150" in first.dataset
-    assert provenance.metrics["test_accuracy_aid"] >= 0.87
-    assert provenance.metrics["test_accuracy_nwpu12"] >= 0.90
+    assert "aid_efficientnet_lite0" in second.init and "nwpu12" in second.dataset
+    assert card.eval_resize == 176
+    assert provenance.metrics["test_accuracy_aid"] >= 0.93
+    assert provenance.metrics["test_accuracy_nwpu12"] >= 0.94
     # Calibrated on validation images of both sources, in neither the training nor the test rows.
     assert card.calibration is not None and 0 < card.uncertain_below < 1
     assert "aid, nwpu12" in card.calibration.fitted_on

@@ -198,6 +198,14 @@ def test_the_batch_augmentation_keeps_content_and_turns_it() -> None:
     torch.testing.assert_close(evaluated, tiles.float() / 255)
 
 
+def test_training_crops_can_be_smaller_than_the_evaluated_tiles() -> None:
+    tiles = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    fixres = BatchAugment(size=12, mean=(0, 0, 0), std=(1, 1, 1), eval_size=16, scale=(0.5, 1))
+    assert fixres.train(tiles, torch.Generator().manual_seed(0)).shape == (2, 3, 12, 12)
+    # Whole tiles at the cache's side: evaluation is the identity, as classify's resize.
+    torch.testing.assert_close(fixres.eval(tiles), tiles.float() / 255)
+
+
 def test_change_compares_at_the_coarser_level() -> None:
     from test_hierarchy import toy_card
 

@@ -26,6 +26,10 @@ when the dataset's class has exactly one counterpart in the model (the class map
 Writes ``results.json``, ``results.md`` and ``accuracy.png`` next to this script::
 
     .venv/bin/python examples/adapt/measure.py [--datasets ucm10,nwpu12] [--budgets 1,3,5,10,20]
+        [--seeds 3]
+
+With ``--seeds S`` every figure is the mean of S simulated users (seeds 0..S-1 for the
+random draws, the suggestion's k-means and ``adapt``), shown with its spread.
 """
 
 from __future__ import annotations
@@ -220,10 +224,13 @@ def build_mosaic(name: str, model: Path, work: Path) -> tuple[Mosaic, list[str],
     return mosaic, classes, base_map
 
 
-def suggested_cells(mosaic: Mosaic, model: Path, count: int, folder: Path) -> list[tuple[int, int]]:
+def suggested_cells(
+    mosaic: Mosaic, model: Path, count: int, folder: Path, seed: int
+) -> list[tuple[int, int]]:
     """The patches ``classify --suggest count`` picks on the mosaic."""
     picks_map = folder / "map.gpkg"
-    run("classify", mosaic.path, "--model", model, "--out", picks_map, "--suggest", count)
+    run("classify", mosaic.path, "--model", model, "--out", picks_map, "--suggest", count,
+        "--seed", seed)  # fmt: skip
     picks = gpd.read_file(picks_map, layer="to_label")
     return list(zip(picks["row"], picks["col"], strict=True))
 
@@ -239,39 +246,69 @@ def random_cells(
     return [cell for cls in classes for cell in rng.sample(by_class[cls], k)]
 
 
-def measure(name: str, model: Path, budgets: list[int], work: Path) -> dict[str, Any]:
-    """Every figure of one dataset."""
+def one_user(
+    mosaic: Mosaic, model: Path, cells_for: Any, crs: Any, run_dir: Path, seed: int
+) -> dict[str, Any]:
+    """Pick (``cells_for``), label from the truth, adapt, reclassify and score, once."""
+    started = time.perf_counter()
+    run_dir.mkdir()
+    cells = cells_for(run_dir)
+    labels = labelled_layer(run_dir, mosaic, cells, crs)
+    adapted = run_dir / "adapted.safetensors"
+    run("adapt", model, mosaic.path, "--labels", labels, "--out", adapted, "--seed", seed)
+    seconds = time.perf_counter() - started
+    after = run_dir / "after.gpkg"
+    run("classify", mosaic.path, "--model", adapted, "--out", after)
+    return {
+        "accuracy": score(after, mosaic, set(cells)),
+        "labels": len(cells),
+        "aid_unlabelled_classes": aid_unlabelled(adapted, set(mosaic.names.values())),
+        "seconds_suggest_and_adapt": seconds,
+    }
+
+
+def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mean of each figure over seeded runs, with the runs themselves."""
+    figures = {key: float(np.mean([r[key] for r in runs])) for key in runs[0]}
+    figures["accuracy_std"] = float(np.std([r["accuracy"] for r in runs]))
+    figures["runs"] = runs
+    return figures
+
+
+def measure(name: str, model: Path, budgets: list[int], work: Path, seeds: int) -> dict[str, Any]:
+    """Every figure of one dataset, each the mean of ``seeds`` simulated users."""
     mosaic, classes, base_map = build_mosaic(name, model, work)
-    mosaic_path = mosaic.path
     crs = classified(base_map).crs
     results: dict[str, Any] = {"names": mosaic.names, "base": score(base_map, mosaic, set())}
-    label_names = set(mosaic.names.values())
-    results["aid_base"] = aid_unlabelled(model, label_names)
-    rng = random.Random(0)
+    results["aid_base"] = aid_unlabelled(model, set(mosaic.names.values()))
+    results["seeds"] = seeds
+    rngs = [random.Random(seed) for seed in range(seeds)]
     for k in budgets:
         for strategy in ("suggested", "random"):
-            started = time.perf_counter()
-            run_dir = work / f"{name}-{k}-{strategy}"
-            run_dir.mkdir()
-            if strategy == "suggested":
-                cells = suggested_cells(mosaic, model, k * len(classes), run_dir)
-            else:
-                cells = random_cells(mosaic, classes, k, rng)
-            labels = labelled_layer(run_dir, mosaic, cells, crs)
-            adapted = run_dir / "adapted.safetensors"
-            run("adapt", model, mosaic_path, "--labels", labels, "--out", adapted)
-            seconds = time.perf_counter() - started
-            after = run_dir / "after.gpkg"
-            run("classify", mosaic_path, "--model", adapted, "--out", after)
-            figures = {
-                "accuracy": score(after, mosaic, set(cells)),
-                "labels": len(cells),
-                "aid_unlabelled_classes": aid_unlabelled(adapted, label_names),
-                "seconds_suggest_and_adapt": seconds,
-            }
-            results.setdefault(strategy, {})[str(k)] = figures
-            print(name, k, strategy, figures, flush=True)
+            runs = []
+            for seed in range(seeds):
+                if strategy == "suggested":
+                    count = k * len(classes)
+
+                    def cells_for(folder: Path, count: int = count, seed: int = seed) -> Any:
+                        return suggested_cells(mosaic, model, count, folder, seed)
+                else:
+
+                    def cells_for(folder: Path, k: int = k, seed: int = seed) -> Any:
+                        return random_cells(mosaic, classes, k, rngs[seed])
+
+                run_dir = work / f"{name}-{k}-{strategy}-{seed}"
+                runs.append(one_user(mosaic, model, cells_for, crs, run_dir, seed))
+                print(name, k, strategy, seed, runs[-1], flush=True)
+            results.setdefault(strategy, {})[str(k)] = pooled(runs)
     return results
+
+
+def spread(figures: dict[str, Any]) -> str:
+    """Accuracy, with its spread over seeds when there were several."""
+    if len(figures.get("runs", [])) > 1:
+        return f"{figures['accuracy']:.3f} ± {figures['accuracy_std']:.3f}"
+    return f"{figures['accuracy']:.3f}"
 
 
 def write_outputs(results: dict[str, Any]) -> None:
@@ -289,7 +326,8 @@ def write_outputs(results: dict[str, Any]) -> None:
     for name, r in results.items():
         lines += [
             f"**{name}**: base model {r['base']:.3f} (top-1 = the user's name); AID held-out "
-            f"on the classes no label names: base {r['aid_base']:.3f}",
+            f"on the classes no label names: base {r['aid_base']:.3f}; mean of "
+            f"{r.get('seeds', 1)} seeded users (± their standard deviation)",
             "",
             "| labels per class | suggested | random | AID (not labelled), suggested / random |",
             "|---|---|---|---|",
@@ -297,7 +335,7 @@ def write_outputs(results: dict[str, Any]) -> None:
         for k in sorted(map(int, r["suggested"])):
             s, q = r["suggested"][str(k)], r["random"][str(k)]
             lines.append(
-                f"| {k} | {s['accuracy']:.3f} | {q['accuracy']:.3f} "
+                f"| {k} | {spread(s)} | {spread(q)} "
                 f"| {s['aid_unlabelled_classes']:.3f} / {q['aid_unlabelled_classes']:.3f} |"
             )
         lines.append("")
@@ -322,6 +360,7 @@ def main() -> None:
     parser.add_argument("--datasets", default="ucm10,nwpu12")
     parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
     parser.add_argument("--model", type=Path, default=BUNDLED_MODEL)
+    parser.add_argument("--seeds", type=int, default=1, help="simulated users per figure")
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     results = {}
@@ -329,7 +368,7 @@ def main() -> None:
         for name in args.datasets.split(","):
             folder = Path(work) / name
             folder.mkdir()
-            results[name] = measure(name, args.model, budgets, folder)
+            results[name] = measure(name, args.model, budgets, folder, args.seeds)
     write_outputs(results)
 
 

@@ -50,7 +50,9 @@ def main() -> None:
         work = Path(folder)
         mosaic, classes, base_map = measure.build_mosaic(args.dataset, BUNDLED_MODEL, work)
         if args.picks == "suggested":
-            cells = measure.suggested_cells(mosaic, BUNDLED_MODEL, args.k * len(classes), work)
+            cells = measure.suggested_cells(
+                mosaic, BUNDLED_MODEL, args.k * len(classes), work, args.seed
+            )
         else:
             cells = measure.random_cells(mosaic, classes, args.k, random.Random(args.seed))
         crs = measure.classified(base_map).crs

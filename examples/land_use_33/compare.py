@@ -1,6 +1,6 @@
 """Score the issue-18 candidate models the same way and draw each one's demo map.
 
-For every model given (default: the three candidates under ``runs/land_use_33/`` that
+For every model given (default: the candidates under ``runs/land_use_33/`` that
 exist, and the bundled model as it was before):
 
 * AID held-out: the test rows of the bundled split (``rsscgeo evaluate --split``);
@@ -44,6 +44,8 @@ SCENE = ROOT / "examples" / "scenes" / "naip_2020_rgbn.tif"
 CANDIDATES = {
     "joint (a)": ROOT / "runs/land_use_33/joint/model.safetensors",
     "dapt (b)": ROOT / "runs/land_use_33/dapt/target/model.safetensors",
+    "chain (b2)": ROOT / "runs/land_use_33/chain/model.safetensors",
+    "chain176 (b3)": ROOT / "runs/land_use_33/chain176/model.safetensors",
     "aid_only (c)": ROOT / "runs/land_use_33/aid_only/model.safetensors",
     "bundled before": ROOT / "examples/models/aid_efficientnet_lite0/model.safetensors",
 }

@@ -20,7 +20,10 @@ class BatchAugment:
     """The training augmentation of a batch, and the plain eval transform.
 
     Attributes:
-        size: Side of the images the network sees.
+        size: Side of the images the network trains on.
+        eval_size: Side of the images it is evaluated on (``size`` when None). A
+            larger side than the training crop's matches the apparent object size of
+            random resized crops (train 144 px crops, test at 176 px: FixRes).
         mean: Per-band normalisation mean (after scaling to 0..1).
         std: Per-band normalisation std.
         scale: Range of a crop's area as a fraction of the tile (random resized crop).
@@ -40,6 +43,7 @@ class BatchAugment:
     size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    eval_size: int | None = None
     scale: tuple[float, float] = (1.0, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     dihedral: bool = True
@@ -61,11 +65,12 @@ class BatchAugment:
         return self._normalise(x)
 
     def eval(self, tiles: torch.Tensor) -> torch.Tensor:
-        """Resize a batch of uint8 tiles to ``size`` and normalise it (no randomness)."""
+        """Resize a batch of uint8 tiles to ``eval_size`` and normalise it (no randomness)."""
         x = tiles.float().div_(255)
-        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+        side = self.eval_size or self.size
+        if x.shape[-1] != side or x.shape[-2] != side:
             x = F.interpolate(
-                x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+                x, size=(side, side), mode="bilinear", antialias=True, align_corners=False
             )
         return self._normalise(x)
 

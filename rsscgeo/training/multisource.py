@@ -54,13 +54,18 @@ def set_accuracy(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
 
 
 def augment_for(config: RunConfig) -> BatchAugment:
-    """The batched augmentation a run's ``train_transform`` describes."""
+    """The batched augmentation a run's ``train_transform`` describes.
+
+    Evaluation sees whole cached tiles (``data.cache_size``), as the card's
+    ``eval_resize`` tells ``classify`` to.
+    """
     augment = config.train_transform.augment
     size = config.train_transform.crop or config.train_transform.resize or config.data.cache_size
     return BatchAugment(
         size=size,
         mean=tuple(config.model.mean),
         std=tuple(config.model.std),
+        eval_size=config.data.cache_size,
         scale=augment.scale or (1.0, 1.0),
         brightness=augment.brightness,
         contrast=augment.contrast,

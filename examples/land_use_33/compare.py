@@ -13,7 +13,11 @@ exist, and the bundled model as it was before):
 * with back-off at the card's threshold: coverage and accuracy at class or family level
   on each of those;
 * the demo scene: the share of patches named (by class or family) and the Pond share,
-  and a picture (``classify --preview``).
+  and a picture (``classify --preview``);
+* the demo scene against its own near-infrared band: the open-water answers (Water,
+  Pond, River, Lake) on cells with under 10 % open water, and the dry-land answers
+  (outside the Water family) on cells with over 50 % (see ``open_water``), and a
+  picture of them (``<candidate>_water.png``).
 
 No test-time augmentation anywhere (classify's default). Writes ``results.json``,
 ``results.md`` and ``<candidate>_map.png`` next to this script.
@@ -32,6 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
+import numpy as np
+import rasterio
+from rasterio.mask import mask
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -41,6 +48,11 @@ HERE = Path(__file__).resolve().parent
 DATA = ROOT.parent / "shared" / "data"
 BIN = Path(sys.executable).parent
 SCENE = ROOT / "examples" / "scenes" / "naip_2020_rgbn.tif"
+# The answers that claim open water, and the thresholds of the water check.
+OPEN_WATER_ANSWERS = {"Water", "Pond", "River", "Lake"}
+SHORE_ANSWERS = {"Wetland", "Island", "Beach"}  # the rest of the Water family: no claim
+NDWI_WATER = 0.2
+DRY_BELOW, WET_ABOVE = 0.1, 0.5
 CANDIDATES = {
     "joint (a)": ROOT / "runs/land_use_33/joint/model.safetensors",
     "dapt (b)": ROOT / "runs/land_use_33/dapt/target/model.safetensors",
@@ -84,14 +96,84 @@ def demo(model: Path, name: str) -> dict[str, float]:
     said = frame["class_name"]
     level = frame.get("level")
     named = (said != "Uncertain").mean()
+    water = open_water(SCENE, frame)
+    wet_answer = said.isin(OPEN_WATER_ANSWERS).to_numpy()
+    dry_answer = (~said.isin(OPEN_WATER_ANSWERS | SHORE_ANSWERS | {"Uncertain"})).to_numpy()
+    draw_water_check(
+        frame,
+        wrong_water=wet_answer & (water < DRY_BELOW),
+        wrong_dry=dry_answer & (water > WET_ABOVE),
+        picture=HERE / f"{name.split()[0]}_water.png",
+    )
     return {
         "named": float(named),
         "by_family": float((level == "parent").mean()) if level is not None else 0.0,
         "pond": float((said == "Pond").mean()),
+        "pond_on_dry_land": int(((said == "Pond").to_numpy() & (water < DRY_BELOW)).sum()),
+        "water_answers": int(wet_answer.sum()),
+        "water_answers_on_dry_land": int((wet_answer & (water < DRY_BELOW)).sum()),
+        "dry_answers_on_water": int((dry_answer & (water > WET_ABOVE)).sum()),
+        "cells": len(said),
         "top": ", ".join(
             f"{k} {v / len(said):.0%}" for k, v in said.value_counts().head(5).items()
         ),
     }
+
+
+def open_water(scene: Path, cells: gpd.GeoDataFrame) -> np.ndarray:
+    """Each cell's share of open-water pixels, from the scene's own near-infrared band.
+
+    NDWI (McFeeters 1996) = (green - NIR) / (green + NIR) above 0.2. The NAIP scene's
+    lakes are algae-green and look like crop fields in natural colour, but water
+    reflects almost no near infrared, so this is truth independent of any model. 0.2
+    rather than 0: the scene's bright bare soil and salt crusts reach NDWI 0.0-0.15,
+    its water 0.3-0.7. Bands 2 and 4 are green and NIR (NAIP's RGBN order).
+    """
+    shares = []
+    with rasterio.open(scene) as src:
+        for cell in cells.to_crs(src.crs).geometry:
+            pixels, _ = mask(src, [cell], crop=True, indexes=[2, 4], filled=False)
+            green, nir = pixels.astype("float32")
+            ndwi = (green - nir) / np.maximum(green + nir, 1.0)
+            wet = (ndwi > NDWI_WATER).compressed()  # the cell's pixels inside the scene
+            shares.append(float(wet.mean()) if wet.size else 0.0)
+    return np.asarray(shares)
+
+
+def draw_water_check(
+    cells: gpd.GeoDataFrame, wrong_water: np.ndarray, wrong_dry: np.ndarray, picture: Path
+) -> None:
+    """The scene in natural and NIR false colour, with the cells the water check flags."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with rasterio.open(SCENE) as src:
+        bands = src.read().astype("float32")
+        bounds = src.bounds
+        cells = cells.to_crs(src.crs)
+    low, high = np.percentile(bands[:, bands[0] > 0], [2, 98], axis=1)
+    shown = np.clip((bands - low[:, None, None]) / (high - low)[:, None, None], 0, 1)
+    extent = (bounds.left, bounds.right, bounds.bottom, bounds.top)
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5.4))
+    for axis, order, title in (
+        (axes[0], [0, 1, 2], "natural colour"),
+        (axes[1], [3, 0, 1], "near infrared, red, green: water is dark, plants are red"),
+    ):
+        axis.imshow(shown[order].transpose(1, 2, 0), extent=extent)
+        axis.set_title(title)
+        axis.set_axis_off()
+    for flagged, colour, label in (
+        (wrong_water, "red", f"water answer, under {DRY_BELOW:.0%} open water"),
+        (wrong_dry, "yellow", f"dry-land answer, over {WET_ABOVE:.0%} open water"),
+    ):
+        if flagged.any():
+            cells[flagged].boundary.plot(ax=axes[1], color=colour, linewidth=2, label=label)
+    axes[1].legend(loc="lower left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(picture, dpi=80)
+    plt.close(figure)
 
 
 def heldout_mosaic(folder: Path) -> Mosaic:
@@ -173,8 +255,9 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     lines = [
         "| candidate | AID held-out | AID held-out mosaic: top-1 / Uncertain | NWPU12 test "
         "| UC Merced | UCM back-off coverage / accuracy | AID back-off "
-        "| demo: named / by family / Pond | demo's largest |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| demo: named / by family / Pond | demo: water answers on dry land / Pond among "
+        "them / dry answers on open water | demo's largest |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         d, m = r["demo"], r["aid_mosaic"]
@@ -182,9 +265,20 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             f"| {name} | {pct(r['aid_heldout'])} | {m['top1']:.3f} / {m['uncertain']:.1%} "
             f"| {pct(r['nwpu12_test'])} | {pct(r['ucm10'])} "
             f"| {backoff(r['ucm10_backoff'])} | {backoff(r['aid_backoff'])} "
-            f"| {d['named']:.0%} / {d['by_family']:.0%} / {d['pond']:.0%} | {d['top']} |"
+            f"| {d['named']:.0%} / {d['by_family']:.0%} / {d['pond']:.0%} | {water_check(d)} "
+            f"| {d['top']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def water_check(demo: dict[str, Any]) -> str:
+    """The demo's water check as table text ("-" for runs scored before it existed)."""
+    if "water_answers" not in demo:
+        return "-"
+    return (
+        f"{demo['water_answers_on_dry_land']} of {demo['water_answers']} / "
+        f"{demo['pond_on_dry_land']} / {demo['dry_answers_on_water']} of {demo['cells']} cells"
+    )
 
 
 def main() -> None:

@@ -214,6 +214,65 @@ def test_quicklook_stretches_16_bit_scenes_and_stays_small(tmp_path: Path) -> No
     assert inside.min() >= 0 and inside.max() <= 1 and inside.std() > 0.05
 
 
+def test_preview_bands_show_the_demo_lakes_dark_in_false_colour() -> None:
+    """Bands 4,1,2 (NIR, red, green) of the NAIP scene: its water is dark, its plants red.
+
+    Truth independent of the picture: the scene's NDWI, (green - NIR) / (green + NIR).
+    """
+    import rasterio
+
+    from rsscgeo.scene.preview import read_quicklook
+    from rsscgeo.scene.reader import SceneReader, inspect_scenes
+
+    info = inspect_scenes([DEMO_SCENE])
+    bands = (4, 1, 2)
+    reader = SceneReader(info.sources, bands, info.resolution)
+    image = read_quicklook(reader, bands, pixels=2000).image  # full size: 934 x 723
+    with rasterio.open(DEMO_SCENE) as src:
+        green, nir = src.read([2, 4]).astype("float64")
+    assert image.shape[:2] == green.shape
+    ndwi = (green - nir) / np.maximum(green + nir, 1)
+    water, plants = ndwi > 0.2, ndwi < -0.3
+    assert water.mean() > 0.1 and plants.mean() > 0.1
+    shown_red = image[..., 0]  # NIR
+    assert shown_red[water].mean() < 0.2 < 0.6 < shown_red[plants].mean()
+
+
+@pytest.mark.parametrize(
+    ("bands", "needles"),
+    [("5,1,2", ["band 5 does not exist", "bands 1-4", "--preview-bands"]),
+     ("4,1", ["3 bands", "--preview-bands 4,1,2"]),
+     ("0,1,2", ["start at 1"])],
+)  # fmt: skip
+def test_bad_preview_bands_are_refused_before_the_run(
+    tmp_path: Path, bands: str, needles: list[str]
+) -> None:
+    out = tmp_path / "labels.tif"
+    preview = tmp_path / "map.png"
+    args = ["classify", str(DEMO_SCENE), "--out", str(out), "--preview", str(preview)]
+    result = CliRunner().invoke(cli, [*args, "--preview-bands", bands])
+    assert_one_line_error(result, *needles)
+    assert not out.exists() and not preview.exists() and "classifying" not in result.output
+
+
+def test_classify_preview_bands_reach_the_picture(demo: Run, tmp_path: Path) -> None:
+    """With --preview-bands 4,1,2 the scene's panel turns from green to red (plants' NIR)."""
+    preview = tmp_path / "map.png"
+    result = CliRunner().invoke(
+        cli, ["classify", str(DEMO_SCENE), "--gsd", "20", "--out", str(tmp_path / "l.tif"),
+              "--preview", str(preview), "--preview-bands", "4,1,2"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+    def scene_panel(path: Path) -> np.ndarray:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))[150:400, 100:400].astype(float)
+
+    natural, false_colour = scene_panel(demo.preview), scene_panel(preview)
+    assert natural[..., 1].mean() > natural[..., 0].mean()  # green fields
+    assert false_colour[..., 0].mean() > false_colour[..., 1].mean() + 30  # red plants
+
+
 def test_report_escapes_class_names_and_metadata(tmp_path: Path) -> None:
     """Class names with < & " ' > reach the page as text, never as markup."""
     from rsscgeo import ClassifyOptions, ClassifyOutputs, open_engine, plan_scene, run_plan

@@ -13,6 +13,7 @@ import click
 
 from rsscgeo.cli.options import (
     EngineChoice,
+    band_numbers,
     classify_options,
     engine_options,
     scene_model_option,
@@ -60,6 +61,15 @@ Job = tuple[list["SceneSource"], "ClassifyOutputs"]
     help="Also draw the (first) scene beside its class map into this PNG; needs a .tif --out.",
 )
 @click.option(
+    "--preview-bands",
+    callback=band_numbers,
+    default="1,2,3",
+    show_default=True,
+    metavar="R,G,B",
+    help="Scene bands the preview shows as red, green, blue; e.g. 4,1,2 shows a scene "
+    "with near infrared in band 4 in false colour (water dark, plants red).",
+)
+@click.option(
     "--report",
     type=click.Path(path_type=Path, dir_okay=False),
     help="Also write a self-contained HTML report (map, areas, settings) of the run.",
@@ -99,6 +109,7 @@ def classify(
     options: ClassifyOptions,
     engine: EngineChoice,
     preview: Path | None,
+    preview_bands: tuple[int, ...],
     report: Path | None,
     suggest: int,
     seed: int,
@@ -132,6 +143,10 @@ def classify(
         # Later jobs reuse the model as the first plan runs it (one ONNX session).
         model_to_run = plans[0].model if plans else loaded
         plans.append(plan_scene(job_scenes, model_to_run, options, job_outputs, say=_say))
+    if preview is not None:
+        from rsscgeo.scene.preview import check_display_bands
+
+        check_display_bands(plans[0].reader.sources[0].gdal_path, preview_bands)
     summaries: list[ClassifySummary] = []
     # From here on outputs are begun: a stop waits for a safe point that keeps them whole.
     with STOP.deferred():
@@ -148,7 +163,12 @@ def classify(
             assert job_outputs.geotiff is not None
             scene = plans[0].reader.sources[0]
             draw_map(
-                scene.gdal_path, job_outputs.geotiff, loaded.card, preview, title=scene.filename
+                scene.gdal_path,
+                job_outputs.geotiff,
+                loaded.card,
+                preview,
+                bands=preview_bands,
+                title=scene.filename,
             )
             click.echo(f"wrote {preview}")
         if report is not None:

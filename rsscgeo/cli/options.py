@@ -66,7 +66,7 @@ batch_size_option = click.option(
 )
 
 
-def _band_numbers(
+def band_numbers(
     ctx: click.Context, param: click.Parameter, value: str | None
 ) -> tuple[int, ...] | None:
     """``1,2,3`` -> ``(1, 2, 3)``."""
@@ -105,7 +105,7 @@ _CLASSIFY_OPTIONS: list[tuple[str, Callable[[Any], Any]]] = [
         "bands",
         click.option(
             "--bands",
-            callback=_band_numbers,
+            callback=band_numbers,
             help="Scene bands in the model's order, e.g. 1,2,3 [default: the first ones].",
         ),
     ),

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import rasterio
 
+from rsscgeo.errors import OptionError
 from rsscgeo.modelfile import ModelCard
 from rsscgeo.scene.grid import Chunk, PatchGrid
 from rsscgeo.scene.legend import Legend, LegendEntry
@@ -64,6 +65,28 @@ def display_bands(card: ModelCard, band_indexes: Sequence[int]) -> tuple[int, in
     while len(first) < 3:
         first.append(first[-1])
     return first[0], first[1], first[2]
+
+
+def check_display_bands(scene: SceneLike, bands: Sequence[int]) -> None:
+    """Refuse display bands that are not three of the scene's bands, before any work.
+
+    Raises:
+        OptionError: Naming the band and the fix.
+    """
+    if len(bands) != 3:
+        raise OptionError(
+            f"a picture shows 3 bands as red, green and blue, {len(bands)} were given",
+            "give 3, e.g. bands=(4, 1, 2) for near infrared, red, green.",
+            cli_fix="give 3, e.g. --preview-bands 4,1,2 for near infrared, red, green.",
+        )
+    count = inspect_scenes([scene]).band_count
+    missing = [b for b in bands if not 1 <= b <= count]
+    if missing:
+        raise OptionError(
+            f"band {missing[0]} does not exist in {scene} (bands 1-{count})",
+            "choose existing bands to show.",
+            cli_fix="choose existing bands with --preview-bands.",
+        )
 
 
 def read_quicklook(
@@ -140,6 +163,7 @@ def render_map(
     entries: Sequence[LegendEntry],
     *,
     title: str | None = None,
+    scene_label: str = "scene",
 ) -> bytes:
     """A PNG: the scene, and the scene under its class map with a legend.
 
@@ -149,6 +173,7 @@ def render_map(
         extent: Where the class map lies (see :func:`map_extent`).
         entries: The categories the map may hold, in the model card's colours.
         title: A title above both panels.
+        scene_label: The title of the scene's panel.
 
     Returns:
         The PNG's bytes.
@@ -165,7 +190,7 @@ def render_map(
         ax.set_ylim(bottom, top)
         ax.set_xticks([])
         ax.set_yticks([])
-    axes[0].set_title("scene")
+    axes[0].set_title(scene_label)
     axes[1].imshow(
         class_colors(class_map, entries, CLASS_ALPHA), extent=extent, interpolation="nearest"
     )
@@ -198,7 +223,8 @@ def draw_map(
             Uncertain, 255 skipped).
         card: The model card that names and colours the classes.
         out: The PNG to write.
-        bands: Scene bands shown as red, green, blue.
+        bands: Scene bands shown as red, green, blue (e.g. ``(4, 1, 2)``: a scene with
+            near infrared in band 4 in false colour, where water is dark and plants red).
         title: A title above both panels.
 
     Returns:
@@ -206,12 +232,16 @@ def draw_map(
     """
     info = inspect_scenes([scene])
     quicklook = read_quicklook(SceneReader(info.sources, tuple(bands), info.resolution), bands)
+    shown = tuple(bands)
+    label = "scene" if shown == (1, 2, 3) else f"scene (bands {', '.join(map(str, shown))} as RGB)"
     with rasterio.open(labels) as src:
         class_map = src.read(1)
         left, bottom, right, top = src.bounds
     # Every category classify may write (Uncertain included), in the outputs' colours.
     entries = Legend(card, uncertain_below=1.0, source="drawing").entries
-    png = render_map(quicklook, class_map, (left, right, bottom, top), entries, title=title)
+    png = render_map(
+        quicklook, class_map, (left, right, bottom, top), entries, title=title, scene_label=label
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(png)
     return out

@@ -97,22 +97,19 @@ def demo(model: Path, name: str) -> dict[str, float]:
     level = frame.get("level")
     named = (said != "Uncertain").mean()
     water = open_water(SCENE, frame)
+    dry_cell, wet_cell = water < DRY_BELOW, water > WET_ABOVE
     wet_answer = said.isin(OPEN_WATER_ANSWERS).to_numpy()
     dry_answer = (~said.isin(OPEN_WATER_ANSWERS | SHORE_ANSWERS | {"Uncertain"})).to_numpy()
-    draw_water_check(
-        frame,
-        wrong_water=wet_answer & (water < DRY_BELOW),
-        wrong_dry=dry_answer & (water > WET_ABOVE),
-        picture=HERE / f"{name.split()[0]}_water.png",
-    )
+    wrong_water, wrong_dry = wet_answer & dry_cell, dry_answer & wet_cell
+    draw_water_check(frame, wrong_water, wrong_dry, HERE / f"{name.split()[0]}_water.png")
     return {
         "named": float(named),
         "by_family": float((level == "parent").mean()) if level is not None else 0.0,
         "pond": float((said == "Pond").mean()),
-        "pond_on_dry_land": int(((said == "Pond").to_numpy() & (water < DRY_BELOW)).sum()),
+        "pond_on_dry_land": int(((said == "Pond").to_numpy() & dry_cell).sum()),
         "water_answers": int(wet_answer.sum()),
-        "water_answers_on_dry_land": int((wet_answer & (water < DRY_BELOW)).sum()),
-        "dry_answers_on_water": int((dry_answer & (water > WET_ABOVE)).sum()),
+        "water_answers_on_dry_land": int(wrong_water.sum()),
+        "dry_answers_on_water": int(wrong_dry.sum()),
         "cells": len(said),
         "top": ", ".join(
             f"{k} {v / len(said):.0%}" for k, v in said.value_counts().head(5).items()
@@ -149,19 +146,18 @@ def draw_water_check(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with rasterio.open(SCENE) as src:
-        bands = src.read().astype("float32")
-        bounds = src.bounds
-        cells = cells.to_crs(src.crs)
-    low, high = np.percentile(bands[:, bands[0] > 0], [2, 98], axis=1)
-    shown = np.clip((bands - low[:, None, None]) / (high - low)[:, None, None], 0, 1)
-    extent = (bounds.left, bounds.right, bounds.bottom, bounds.top)
+    from rsscgeo.scene.preview import read_quicklook
+    from rsscgeo.scene.reader import SceneReader, inspect_scenes
+
+    info = inspect_scenes([SCENE])
+    cells = cells.to_crs(info.crs)
     figure, axes = plt.subplots(1, 2, figsize=(13, 5.4))
-    for axis, order, title in (
-        (axes[0], [0, 1, 2], "natural colour"),
-        (axes[1], [3, 0, 1], "near infrared, red, green: water is dark, plants are red"),
+    for axis, bands, title in (
+        (axes[0], (1, 2, 3), "natural colour"),
+        (axes[1], (4, 1, 2), "near infrared, red, green: water is dark, plants are red"),
     ):
-        axis.imshow(shown[order].transpose(1, 2, 0), extent=extent)
+        look = read_quicklook(SceneReader(info.sources, bands, info.resolution), bands)
+        axis.imshow(look.image, extent=look.extent)
         axis.set_title(title)
         axis.set_axis_off()
     for flagged, colour, label in (

@@ -248,13 +248,7 @@ def _band_indexes(info: SceneInfo, bands: tuple[int, ...] | None, needed: int) -
             "choose them with bands=... or use a scene with the model's bands.",
             cli_fix="choose them with --bands or use a scene with the model's bands.",
         )
-    bad = [b for b in chosen if not 1 <= b <= info.band_count]
-    if bad:
-        raise OptionError(
-            f"band {bad[0]} does not exist in {info.sources[0]} (bands 1-{info.band_count})",
-            "choose existing bands.",
-            cli_fix="choose existing bands with --bands.",
-        )
+    info.check_band_numbers(chosen, "--bands")
     return chosen
 
 

@@ -79,14 +79,7 @@ def check_display_bands(scene: SceneLike, bands: Sequence[int]) -> None:
             "give 3, e.g. bands=(4, 1, 2) for near infrared, red, green.",
             cli_fix="give 3, e.g. --preview-bands 4,1,2 for near infrared, red, green.",
         )
-    count = inspect_scenes([scene]).band_count
-    missing = [b for b in bands if not 1 <= b <= count]
-    if missing:
-        raise OptionError(
-            f"band {missing[0]} does not exist in {scene} (bands 1-{count})",
-            "choose existing bands to show.",
-            cli_fix="choose existing bands with --preview-bands.",
-        )
+    inspect_scenes([scene]).check_band_numbers(bands, "--preview-bands")
 
 
 def read_quicklook(

@@ -23,7 +23,7 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 from rasterio.warp import transform_bounds
 
-from rsscgeo.errors import SceneError, first_line
+from rsscgeo.errors import OptionError, SceneError, first_line
 from rsscgeo.rasterfile import open_scene
 from rsscgeo.scene.grid import Chunk, PatchGrid
 from rsscgeo.sources import SceneLike, SceneSource, scene_source, use_cog_defaults
@@ -39,6 +39,25 @@ class SceneInfo:
     band_count: int
     dtype: str
     reprojected: tuple[SceneSource, ...]
+
+    def check_band_numbers(self, bands: Sequence[int], cli_option: str) -> None:
+        """Refuse 1-based band numbers the scene does not have.
+
+        Args:
+            bands: The band numbers asked for.
+            cli_option: The command-line option that chose them (for the fix).
+
+        Raises:
+            OptionError: Naming the first missing band and the scene's bands.
+        """
+        missing = [b for b in bands if not 1 <= b <= self.band_count]
+        if missing:
+            raise OptionError(
+                f"band {missing[0]} does not exist in {self.sources[0]} "
+                f"(bands 1-{self.band_count})",
+                "choose existing bands.",
+                cli_fix=f"choose existing bands with {cli_option}.",
+            )
 
 
 def inspect_scenes(scenes: Sequence[SceneLike]) -> SceneInfo:

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 out=${1:-runs/gpu}
 # chain starts from examples/models/aid_efficientnet_lite0 (in the tree), as on a CPU;
 # chain176 continues from chain's output, here the one this script just trained.
-for candidate in joint chain chain176 aid_only dapt; do
+for candidate in joint chain chain176 aid_only dapt dapt176; do
     start=$(date +%s)
     extra=()
     if [ "$candidate" = chain176 ]; then

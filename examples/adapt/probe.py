@@ -28,8 +28,10 @@ from rsscgeo.modelfile import BUNDLED_MODEL, load_model
 VARIANTS = {
     "default": AdaptOptions(),
     "lr3e-4": AdaptOptions(fit=FitSettings(lr=3e-4)),
-    "rehearsal-2x2": AdaptOptions(rehearsal_weight=2.0),
+    "rehearsal-2x1": AdaptOptions(rehearsal_views=2, rehearsal_weight=1.0),
+    "rehearsal-2x2": AdaptOptions(rehearsal_views=2, rehearsal_weight=2.0),
     "rehearsal-4x2": AdaptOptions(rehearsal_views=4, rehearsal_weight=2.0),
+    "rehearsal-4x3": AdaptOptions(rehearsal_views=4, rehearsal_weight=3.0),
     "rehearsal-4x4": AdaptOptions(rehearsal_views=4, rehearsal_weight=4.0),
     "rehearsal-4x4-lr3e-4": AdaptOptions(
         rehearsal_views=4, rehearsal_weight=4.0, fit=FitSettings(lr=3e-4)

@@ -92,8 +92,8 @@ class AdaptOptions:
     views: int = 8
     distill_patches: int = 512
     distill_views: int = 2
-    # 4 views at weight 2 kept 0.8-2.1 more points of AID's unlabelled classes than 2 at
-    # weight 1 (examples/adapt/README.md, Probes) for about 1 point of the scene.
+    # 4 views at weight 2 kept 0.8-1.3 more points of AID's unlabelled classes than 2 at
+    # weight 1 (examples/adapt/README.md) for about 1 point of the scene.
     rehearsal_views: int = 4
     rehearsal_weight: float = 2.0
     folds: int = 3

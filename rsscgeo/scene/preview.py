@@ -224,8 +224,8 @@ def draw_map(
         The path written.
     """
     info = inspect_scenes([scene])
-    quicklook = read_quicklook(SceneReader(info.sources, tuple(bands), info.resolution), bands)
     shown = tuple(bands)
+    quicklook = read_quicklook(SceneReader(info.sources, shown, info.resolution), shown)
     label = "scene" if shown == (1, 2, 3) else f"scene (bands {', '.join(map(str, shown))} as RGB)"
     with rasterio.open(labels) as src:
         class_map = src.read(1)

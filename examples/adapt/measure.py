@@ -186,13 +186,20 @@ def labelled_layer(folder: Path, mosaic: Mosaic, cells: list[tuple[int, int]], c
     return path
 
 
-def score(gpkg: Path, mosaic: Mosaic, labelled: set[tuple[int, int]]) -> float:
-    """Share of the unlabelled patches whose top-1 class is the user's name for them."""
+def score(
+    gpkg: Path, mosaic: Mosaic, labelled: set[tuple[int, int]], among: set[str] | None = None
+) -> float:
+    """Share of the unlabelled patches whose top-1 class is the user's name for them.
+
+    ``among``: only the patches of these dataset classes (default: all).
+    """
     frame = classified(gpkg)
     hits = [
         top in mosaic.right[mosaic.names[mosaic.truth[r, c]]]
         for r, c, top in frame[["row", "col", "top1"]].to_numpy()
-        if (r, c) not in labelled and mosaic.truth[r, c]
+        if (r, c) not in labelled
+        and mosaic.truth[r, c]
+        and (among is None or mosaic.truth[r, c] in among)
     ]
     return float(np.mean(hits))
 

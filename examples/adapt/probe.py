@@ -76,7 +76,7 @@ def main() -> None:
                 classes = sorted(rng.sample(classes, args.label_classes))
             cells = measure.random_cells(mosaic, classes, args.k, rng)
         others = {c for c in mosaic.names if c not in classes}
-        named = {mosaic.names[mosaic.truth[r, c]] for r, c in cells}
+        named = {mosaic.names[c] for c in classes}  # as measure.py: the classes labelled
         crs = measure.classified(base_map).crs
         labels = read_label_rows(measure.labelled_layer(work, mosaic, cells, crs), None, "label")
         loaded = load_model(BUNDLED_MODEL)

@@ -26,10 +26,11 @@ when the dataset's class has exactly one counterpart in the model (the class map
 Writes ``results.json``, ``results.md`` and ``accuracy.png`` next to this script::
 
     .venv/bin/python examples/adapt/measure.py [--datasets ucm10,nwpu12] [--budgets 1,3,5,10,20]
-        [--seeds 3]
+        [--seeds 3] [--first-seed 0]
 
-With ``--seeds S`` every figure is the mean of S simulated users (seeds 0..S-1 for the
-random draws, the suggestion's k-means and ``adapt``), shown with its spread.
+With ``--seeds S`` every figure is the mean of S simulated users (seeds 0..S-1, or S
+from ``--first-seed``, for the random draws, the suggestion's k-means and ``adapt``),
+shown with its spread.
 """
 
 from __future__ import annotations
@@ -282,18 +283,20 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return figures
 
 
-def measure(name: str, model: Path, budgets: list[int], work: Path, seeds: int) -> dict[str, Any]:
-    """Every figure of one dataset, each the mean of ``seeds`` simulated users."""
+def measure(name: str, model: Path, budgets: list[int], work: Path, seeds: range) -> dict[str, Any]:
+    """Every figure of one dataset, each the mean of the simulated users ``seeds``."""
     mosaic, classes, base_map = build_mosaic(name, model, work)
     crs = classified(base_map).crs
     results: dict[str, Any] = {"names": mosaic.names, "base": score(base_map, mosaic, set())}
     results["aid_base"] = aid_unlabelled(model, set(mosaic.names.values()))
-    results["seeds"] = seeds
-    rngs = [random.Random(seed) for seed in range(seeds)]
+    results["seeds"] = len(seeds)
+    if seeds.start:
+        results["first_seed"] = seeds.start
+    rngs = {seed: random.Random(seed) for seed in seeds}
     for k in budgets:
         for strategy in ("suggested", "random"):
             runs = []
-            for seed in range(seeds):
+            for seed in seeds:
                 if strategy == "suggested":
                     count = k * len(classes)
 
@@ -368,6 +371,9 @@ def main() -> None:
     parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
     parser.add_argument("--model", type=Path, default=BUNDLED_MODEL)
     parser.add_argument("--seeds", type=int, default=1, help="simulated users per figure")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="the first user's seed (more users later)"
+    )
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     results = {}
@@ -375,7 +381,8 @@ def main() -> None:
         for name in args.datasets.split(","):
             folder = Path(work) / name
             folder.mkdir()
-            results[name] = measure(name, args.model, budgets, folder, args.seeds)
+            seeds = range(args.first_seed, args.first_seed + args.seeds)
+            results[name] = measure(name, args.model, budgets, folder, seeds)
     write_outputs(results)
 
 

@@ -95,9 +95,10 @@ class AdaptOptions:
     distill_patches: int = 512
     distill_views: int = 2
     # 4 views at weight 2 kept 0.8-1.3 more points of AID's unlabelled classes than 2 at
-    # weight 1 (examples/adapt/README.md) for about 1 point of the scene.
+    # weight 1, and weight 3 another 0.4-1.0 at 10 and 20 labels per class, each for
+    # about a point of the scene (examples/adapt/README.md).
     rehearsal_views: int = 4
-    rehearsal_weight: float = 2.0
+    rehearsal_weight: float = 3.0
     # The scenes' distillation also teaches the base model's mistakes there: weight 1
     # cost 2-3 points of the scene against 0.25 (UC Merced, 10 labels per class); without
     # it, the scene's classes that no label names lost 14 points, at 0.25 about 7

@@ -376,12 +376,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     results = {}
     with tempfile.TemporaryDirectory() as work:
         for name in args.datasets.split(","):
             folder = Path(work) / name
             folder.mkdir()
-            seeds = range(args.first_seed, args.first_seed + args.seeds)
             results[name] = measure(name, args.model, budgets, folder, seeds)
     write_outputs(results)
 

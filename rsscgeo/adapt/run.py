@@ -211,13 +211,12 @@ def adapt_model(
             card, label_names, base_top1, only_labelled=options.only_labelled_classes
         )
         start = _start(base, classes, labelled, label_names)
-        rehearsal = (rehearsed, options.rehearsal_weight)
         data = _training_data(
             base,
             classes,
             (labelled, label_names, base_top1),
             (distilled, options.scene_weight),
-            rehearsal,
+            (rehearsed, options.rehearsal_weight),
         )
         bar.update()
     folds = max(2, min(options.folds, len(label_names) // 2))
@@ -379,8 +378,8 @@ def _training_data(
     class by construction), with the weights ``scene`` and ``rehearsal`` give.
     """
     labelled, names, base_top1 = labels
-    rehearsed, weight = rehearsal
     distilled, scene_weight = scene
+    rehearsed, rehearsal_weight = rehearsal
     order = sorted(set(names))
     groups = torch.tensor([order.index(n) for n in names])
     kept = [i for i, b in enumerate(classes.base_index) if b >= 0]
@@ -400,14 +399,14 @@ def _training_data(
         groups,
         (
             _teaching(base, distilled, columns, scene_weight),
-            _teaching(base, rehearsed, columns, weight),
+            _teaching(base, rehearsed, columns, rehearsal_weight),
         ),
         torch.tensor(kept, dtype=torch.long),
     )
 
 
 def _teaching(
-    base: SplitNetwork, features: torch.Tensor, columns: list[int], weight: float = 1.0
+    base: SplitNetwork, features: torch.Tensor, columns: list[int], weight: float
 ) -> Teaching:
     """The base model's probabilities over its kept ``columns`` on every view of ``features``."""
     if not len(features[0]):

@@ -27,6 +27,7 @@ from rsscgeo.networks import as_timm
 from rsscgeo.stopping import STOP
 from rsscgeo.training.batch_augment import BatchAugment
 from rsscgeo.training.config import RunConfig
+from rsscgeo.training.mixing import Mixing
 from rsscgeo.training.sources import Rows, batch_of
 
 EVAL_BATCH = 128
@@ -96,6 +97,8 @@ class MultiSourceTask(L.LightningModule):
         gamma: Step decay factor.
         label_smoothing: Smoothing of the partial-label loss.
         in_channels: Bands.
+        mixup: Mixup's Beta alpha (0: off); see ``mixing``.
+        cutmix: CutMix's Beta alpha (0: off).
     """
 
     def __init__(
@@ -115,11 +118,14 @@ class MultiSourceTask(L.LightningModule):
         gamma: float = 0.2,
         label_smoothing: float = 0.0,
         in_channels: int = 3,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
     ) -> None:
         """Build the network with its initial weights."""
         super().__init__()
         self.save_hyperparameters(ignore=["augment"])
         self.augment = augment
+        self.mixing = Mixing(mixup=mixup, cutmix=cutmix)
         init = InitSpec(kind=init_kind, path=Path(init_path) if init_path else None)  # type: ignore[arg-type]
         self.model = build_network(architecture, num_classes, in_channels, init).to(
             memory_format=torch.channels_last
@@ -138,10 +144,23 @@ class MultiSourceTask(L.LightningModule):
         return batch
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """Partial-label loss of one augmented batch."""
-        logits = self(batch["image"])
-        loss = partial_label_loss(logits, batch["targets"], self.hparams["label_smoothing"])
-        accuracy = set_accuracy(logits.detach(), batch["targets"]).float().mean()
+        """Partial-label loss of one augmented (and maybe mixed) batch.
+
+        The training accuracy of a mixed batch is against the label that weighs more.
+        """
+        targets, smoothing = batch["targets"], self.hparams["label_smoothing"]
+        if not self.mixing.enabled:
+            logits = self(batch["image"])
+            loss = partial_label_loss(logits, targets, smoothing)
+        else:
+            mixed = self.mixing(batch["image"])
+            logits = self(mixed.images)
+            partners = targets[mixed.partner]
+            loss = mixed.own * partial_label_loss(logits, targets, smoothing) + (
+                1 - mixed.own
+            ) * partial_label_loss(logits, partners, smoothing)
+            targets = targets if mixed.own >= 0.5 else partners
+        accuracy = set_accuracy(logits.detach(), targets).float().mean()
         self.log("train_loss", loss, prog_bar=True, batch_size=len(logits))
         self.log("train_accuracy", accuracy, batch_size=len(logits))
         return loss
@@ -217,6 +236,8 @@ def build_task(config: RunConfig, sources: Sequence[str], classes: int) -> Multi
         gamma=optim.gamma,
         label_smoothing=optim.label_smoothing,
         in_channels=len(config.data.bands),
+        mixup=optim.mixup,
+        cutmix=optim.cutmix,
     )
 
 

@@ -165,6 +165,33 @@ def test_a_sources_config_needs_one_kind_of_data_and_a_taxonomy(tmp_path: Path) 
         load_config(config)
 
 
+@pytest.mark.parametrize("step", ["hue", "jpeg"])
+def test_an_augmentation_sources_runs_lack_is_refused_not_ignored(
+    tmp_path: Path, step: str
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "x",
+                "protocol": "finetune",
+                "out_dir": str(tmp_path),
+                "data": {
+                    "taxonomy": "configs/taxonomy/land_use_33.yaml",
+                    "sources": [{"name": "a", "path": str(tmp_path)}],
+                },
+                "train_transform": {"augment": {step: 0.1}},
+            }
+        )
+    )
+    with pytest.raises(
+        ConfigError, match=rf"augment\.{step} is not applied in sources runs"
+    ) as err:
+        load_config(config)
+    assert "\n" not in str(err.value)
+    load_config(config, [f"train_transform.augment.{step}=0"])  # without it the config loads
+
+
 def test_sampling_is_balanced_across_sources_by_weight() -> None:
     source = np.array([0] * 900 + [1] * 100)
     rows = Rows(np.zeros((1000, 3, 2, 2), np.uint8), np.ones((1000, 2), bool), source)

@@ -247,6 +247,10 @@ class StageConfig(_Strict):
     ssl: SSLConfig = Field(default_factory=SSLConfig)
 
 
+# Augmentations of the per-image transform that sources runs' batched one lacks.
+BATCH_AUGMENT_LACKS = ("hue", "jpeg")
+
+
 class RunConfig(_Strict):
     """One training run (two stages for ``dapt``)."""
 
@@ -281,6 +285,15 @@ class RunConfig(_Strict):
             raise ValueError(f"'source' is only used by protocol 'dapt', not {self.protocol!r}")
         if self.protocol == "scratch" and self.model.init.kind != "scratch":
             raise ValueError("protocol 'scratch' needs model.init.kind 'scratch'")
+        augment = self.train_transform.augment
+        ignored = [name for name in BATCH_AUGMENT_LACKS if getattr(augment, name)]
+        if self.data.sources and ignored:
+            # Sources runs augment batches of cached uint8 tiles (BatchAugment), which
+            # has no such steps: refuse rather than silently train without them.
+            raise ValueError(
+                f"train_transform.augment.{ignored[0]} is not applied in sources runs "
+                "(their batched augmentation lacks it); set it to 0"
+            )
         return self
 
 

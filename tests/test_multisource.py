@@ -149,18 +149,17 @@ def test_a_class_map_naming_an_unknown_class_is_one_line(tmp_path: Path) -> None
     assert "lake: 'Lakes' is neither a class nor a family" in message and "'Lake'" in message
 
 
-def test_a_sources_config_needs_one_kind_of_data_and_a_taxonomy(tmp_path: Path) -> None:
+def _sources_config(tmp_path: Path, data: dict[str, object], **sections: object) -> Path:
+    """A finetune config of one source (a folder under ``tmp_path``), written to a file."""
     config = tmp_path / "c.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "name": "x",
-                "protocol": "finetune",
-                "out_dir": str(tmp_path),
-                "data": {"sources": [{"name": "a", "path": str(tmp_path)}]},
-            }
-        )
-    )
+    source = {"sources": [{"name": "a", "path": str(tmp_path)}]}
+    run = {"name": "x", "protocol": "finetune", "out_dir": str(tmp_path)}
+    config.write_text(yaml.safe_dump(run | {"data": source | data} | sections))
+    return config
+
+
+def test_a_sources_config_needs_one_kind_of_data_and_a_taxonomy(tmp_path: Path) -> None:
+    config = _sources_config(tmp_path, {})
     with pytest.raises(ConfigError, match="sources need a taxonomy"):
         load_config(config)
 
@@ -169,20 +168,10 @@ def test_a_sources_config_needs_one_kind_of_data_and_a_taxonomy(tmp_path: Path) 
 def test_an_augmentation_sources_runs_lack_is_refused_not_ignored(
     tmp_path: Path, step: str
 ) -> None:
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "name": "x",
-                "protocol": "finetune",
-                "out_dir": str(tmp_path),
-                "data": {
-                    "taxonomy": "configs/taxonomy/land_use_33.yaml",
-                    "sources": [{"name": "a", "path": str(tmp_path)}],
-                },
-                "train_transform": {"augment": {step: 0.1}},
-            }
-        )
+    config = _sources_config(
+        tmp_path,
+        {"taxonomy": "configs/taxonomy/land_use_33.yaml"},
+        train_transform={"augment": {step: 0.1}},
     )
     with pytest.raises(
         ConfigError, match=rf"augment\.{step} is not applied in sources runs"

@@ -54,10 +54,9 @@ class Mixing:
         if not self.enabled:
             raise ValueError("no mix is enabled")
         partner = torch.randperm(len(images)).to(images.device)
-        kinds = [k for k, alpha in (("mixup", self.mixup), ("cutmix", self.cutmix)) if alpha > 0]
-        kind = kinds[int(torch.randint(len(kinds), (1,)))]
-        alpha = torch.tensor(self.mixup if kind == "mixup" else self.cutmix)
-        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        kinds = [(k, a) for k, a in (("mixup", self.mixup), ("cutmix", self.cutmix)) if a > 0]
+        kind, alpha = kinds[int(torch.randint(len(kinds), (1,)))]
+        lam = float(torch.distributions.Beta(torch.tensor(alpha), torch.tensor(alpha)).sample())
         if kind == "mixup":
             return Mixed(images * lam + images[partner] * (1 - lam), partner, lam)
         return _cutmix(images, partner, lam)
@@ -72,6 +71,7 @@ def _cutmix(images: torch.Tensor, partner: torch.Tensor, lam: float) -> Mixed:
     top, bottom = max(centre_y - box_h // 2, 0), min(centre_y + box_h - box_h // 2, height)
     left, right = max(centre_x - box_w // 2, 0), min(centre_x + box_w - box_w // 2, width)
     mixed = images.clone()
-    mixed[..., top:bottom, left:right] = images[partner][..., top:bottom, left:right]
+    # Only the box is gathered from the partners, not whole images.
+    mixed[..., top:bottom, left:right] = images[..., top:bottom, left:right][partner]
     own = 1 - (bottom - top) * (right - left) / (height * width)
     return Mixed(mixed, partner, own)
